@@ -1,0 +1,3 @@
+"""Entry point of cmigrate-agent (placeholder)."""
+def main(argv=None) -> int:
+    return 0

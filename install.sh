@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# cmigrate installer: Docker, sshd, CRIU (built from Debian's source), and the project's virtualenv.
+#
+# Idempotent: a second run on a machine it already set up skips every step whose result is in place.
+# Usage: ./install.sh            (as root, on Debian 12 or newer)
+# Environment: CMIGRATE_VENV (default: <repo>/.venv), CMIGRATE_CRIU_MIN (default 4.2.1),
+#              CMIGRATE_CACHE (default /var/cache/cmigrate).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")" && pwd)
+venv=${CMIGRATE_VENV:-$repo/.venv}
+criu_min=${CMIGRATE_CRIU_MIN:-4.2.1}
+cache=${CMIGRATE_CACHE:-/var/cache/cmigrate}
+criu_prefix=/usr/local
+pycriu_home=$criu_prefix/lib/cmigrate-pycriu
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf 'install: %s\n' "$*"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo $0)"
+[ -r /etc/os-release ] || die "cannot read /etc/os-release: only Debian 12 or newer is supported"
+. /etc/os-release
+[ "${ID:-}" = debian ] || die "this is ${PRETTY_NAME:-an unknown system}, not Debian: only Debian 12 or newer is supported"
+major=${VERSION_ID%%.*}
+if [ -n "${major}" ] && [ "${major}" -lt 12 ] 2>/dev/null; then
+    die "Debian ${VERSION_ID} is too old: Debian 12 or newer is required"
+fi
+
+# ---------------------------------------------------------------- Debian packages
+runtime_pkgs="docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables
+  python3 python3-venv ca-certificates xz-utils tar util-linux procps"
+build_pkgs="build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
+  libaio-dev dpkg-dev"
+missing=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' $runtime_pkgs $build_pkgs 2>/dev/null |
+          awk '$2 != "ii" {print $1}'; for p in $runtime_pkgs $build_pkgs; do
+          dpkg-query -W "$p" >/dev/null 2>&1 || echo "$p"; done)
+missing=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
+if [ -n "${missing// /}" ]; then
+    say "installing Debian packages: $missing"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+    say "Debian packages: already installed"
+fi
+
+# ---------------------------------------------------------------- CRIU
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+criu_version() { "$criu_prefix/sbin/criu" --version 2>/dev/null | awk '/^Version:/ {print $2}'; }
+
+have=$(criu_version || true)
+if [ -n "$have" ] && version_ge "$have" "$criu_min" && [ -f "$pycriu_home/pycriu/__init__.py" ]; then
+    say "CRIU $have: already installed at $criu_prefix/sbin/criu"
+else
+    say "building CRIU >= $criu_min from Debian's source (found: ${have:-none})"
+    mkdir -p "$cache/apt/lists/partial" "$cache/src"
+    # A private apt source list for sid's source packages, on the same mirror this machine already uses.
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$mirror" ] || die "cannot find this machine's Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror sid main" > "$cache/apt/sid-src.list"
+    apt_src=(-o "Dir::Etc::SourceList=$cache/apt/sid-src.list" -o Dir::Etc::SourceParts=/dev/null
+             -o "Dir::State::Lists=$cache/apt/lists" -o Debug::NoLocking=1)
+    apt-get "${apt_src[@]}" update -qq
+    cd "$cache/src"
+    rm -f criu_*.dsc
+    # The debian/ tarball has been seen to answer 404; the upstream tree builds without it.
+    apt-get "${apt_src[@]}" source --download-only criu >/dev/null 2>&1 || true
+    dsc=$(ls -1 criu_*.dsc 2>/dev/null | sort -V | tail -n1)
+    [ -n "$dsc" ] || die "could not download criu's .dsc from Debian sid"
+    orig=$(awk '/^Checksums-Sha256:/ {f = 1; next} f && /^ / && $3 ~ /orig\.tar/ {print $3; exit}' "$dsc")
+    sum=$(awk -v o="$orig" '/^Checksums-Sha256:/ {f = 1; next} f && /^ / && $3 == o {print $1; exit}' "$dsc")
+    [ -n "$orig" ] && [ -f "$orig" ] || die "criu's orig tarball ($orig) was not downloaded"
+    echo "$sum  $orig" | sha256sum -c --quiet - || die "$orig does not match the checksum in $dsc"
+    ver=${orig#criu_}; ver=${ver%.orig.tar.*}
+    version_ge "$ver" "$criu_min" || die "Debian sid offers CRIU $ver, older than the required $criu_min"
+    rm -rf "criu-$ver"
+    mkdir "criu-$ver"
+    tar -xf "$orig" -C "criu-$ver" --strip-components=1
+    cd "criu-$ver"
+    make -j"$(nproc)" criu >/dev/null
+    make lib >/dev/null
+    install -D -m 0755 criu/criu "$criu_prefix/sbin/criu"
+    rm -rf "$pycriu_home"
+    mkdir -p "$pycriu_home"
+    cp -r lib/pycriu "$pycriu_home/pycriu"
+    have=$(criu_version)
+    say "CRIU $have installed at $criu_prefix/sbin/criu (source: Debian sid $orig, sha256 verified)"
+fi
+
+# ---------------------------------------------------------------- virtualenv
+py=python3
+$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >= 3.11 is required (found $($py --version 2>&1))"
+stamp="$venv/.cmigrate-installed"
+want=$(cat "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c '' 2>/dev/null; then
+    say "virtualenv: up to date at $venv"
+else
+    say "creating virtualenv at $venv"
+    $py -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    "$venv/bin/pip" install -q -e "$repo[test]"
+    echo "$want" > "$stamp"
+fi
+# pycriu comes from the CRIU build, not from PyPI.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$pycriu_home" > "$site/cmigrate-pycriu.pth"
+"$venv/bin/python" -c 'import pycriu, docker, paramiko, zstandard, tqdm' || die "the virtualenv cannot import its dependencies"
+# Agents run over SSH as `cmigrate-agent` on each host's PATH.
+ln -sf "$venv/bin/cmigrate-agent" /usr/local/bin/cmigrate-agent
+ln -sf "$venv/bin/cmigrate" /usr/local/bin/cmigrate
+say "done: $("$venv/bin/cmigrate" --version)"

@@ -1,0 +1,77 @@
+"""What a host can do for checkpointing and migration, asked of CRIU and Docker themselves."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from migrate.errors import MigrationError, PreflightError
+from transport.hosts import Host
+
+CRIU_MIN = (4, 2)
+CRIU_INSTALL_HINT = "run ./install.sh from the cmigrate source tree: it builds CRIU 4.2.1 or newer"
+
+
+@dataclass
+class CriuInfo:
+    """CRIU's own verdict on a host (``criu --version``, ``criu check``, ``criu check --feature``)."""
+
+    version: str | None            # None: CRIU is not installed
+    check_ok: bool = False
+    check_message: str = ""
+    dirty_tracking: bool = False   # soft-dirty bits: pre-copy (iterative pre-dump) can work
+    uffd: bool = False             # non-cooperative userfaultfd: post-copy (lazy pages) can work
+
+    def modes(self) -> list[str]:
+        """Migration modes this host supports."""
+        if not self.check_ok:
+            return []
+        modes = ["stop-copy"]
+        if self.dirty_tracking:
+            modes.append("pre-copy")
+        if self.uffd:
+            modes.append("post-copy")
+        return modes
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"modes": self.modes()}
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    m = re.search(r"Version:\s*(\d+(?:\.\d+)*)", text)
+    return tuple(int(p) for p in m.group(1).split(".")) if m else None
+
+
+def criu_info(host: Host, criu: str = "criu") -> CriuInfo:
+    """Ask CRIU on ``host`` for its version, its check and the kernel features that decide migration modes."""
+    try:
+        res = host.run([criu, "--version"], check=False, timeout=30)
+    except MigrationError:
+        return CriuInfo(version=None, check_message="criu is not installed")
+    version = parse_version(res.out)
+    if res.status != 0 or version is None:
+        return CriuInfo(version=None, check_message="criu is not installed")
+    info = CriuInfo(version=".".join(map(str, version)))
+    check = host.run([criu, "check"], check=False, timeout=60)
+    lines = [ln for ln in (check.out + check.err).splitlines() if ln.strip()]
+    info.check_ok = check.status == 0
+    info.check_message = "Looks good." if info.check_ok else (lines[-1] if lines else f"exit {check.status}")
+    info.dirty_tracking = host.run([criu, "check", "--feature", "mem_dirty_track"], check=False,
+                                   timeout=60).status == 0
+    info.uffd = host.run([criu, "check", "--feature", "uffd-noncoop"], check=False, timeout=60).status == 0
+    return info
+
+
+def require_criu(host: Host, criu: str = "criu") -> CriuInfo:
+    """CRIU must be installed, new enough for this kernel, and pass ``criu check``."""
+    info = criu_info(host, criu)
+    if info.version is None:
+        raise PreflightError("CRIU is not installed", host=host.name, hint=CRIU_INSTALL_HINT)
+    found = tuple(int(p) for p in info.version.split("."))
+    if found[:2] < CRIU_MIN:
+        raise PreflightError(
+            f"CRIU {info.version} is too old: {'.'.join(map(str, CRIU_MIN))} or newer is needed "
+            "(older releases cannot dump TCP sockets on Linux >= 6.16)", host=host.name, hint=CRIU_INSTALL_HINT)
+    if not info.check_ok:
+        raise PreflightError(f"'criu check' failed: {info.check_message}", host=host.name,
+                             hint="the kernel lacks a feature CRIU needs; see 'criu check --all'")
+    return info

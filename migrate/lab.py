@@ -1,0 +1,554 @@
+"""The local two-host lab: ``hostA`` and ``hostB`` as network namespaces on one machine.
+
+Each host has its own address on the bridge ``cmlab0`` (198.18.0.0/24, a range reserved for tests), its own sshd
+(key-only, lab-generated keys, host keys recorded in the lab's known_hosts) and its own dockerd (experimental, own
+data-root, exec-root, socket, pidfile, container bridge range). Daemons are started with ``nsenter --net`` rather
+than ``ip netns exec``: the latter remounts /sys and hides the cgroup v1 hierarchy, and dockerd then dies with
+"Devices cgroup isn't mounted".
+
+Commands run over SSH on a lab host see ``DOCKER_HOST`` (and ``CMIGRATE_DOCKER_EXEC_ROOT``) pointing at that
+host's own dockerd, set by its sshd's ``SetEnv``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate.errors import LabError, MigrationError
+from transport.hosts import LocalHost
+
+LAB_ROOT = Path("/var/lib/cmigrate-lab")     # keys, configs, data-roots, logs
+RUN_ROOT = Path("/run/cmigrate-lab")         # exec-roots and sockets (kept short: unix socket paths <= 107)
+BRIDGE = "cmlab0"
+BRIDGE_ADDR = "198.18.0.1"
+PREFIX = 24
+TEST_IMAGE = "busybox:latest"
+TEST_IMAGE_LABEL = "org.cmigrate.lab"
+DOCKERD = "dockerd"
+SSHD = "/usr/sbin/sshd"
+READY_TIMEOUT = 90.0
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    container_bip: str      # the host's docker0 address/prefix
+    address_pool: str       # user-defined networks
+
+    @property
+    def netns(self) -> str:
+        return f"cmlab-{self.name}"
+
+    @property
+    def veth(self) -> str:
+        return f"cmlab-{self.name}"
+
+    @property
+    def state(self) -> Path:
+        return LAB_ROOT / self.name
+
+    @property
+    def data_root(self) -> Path:
+        return self.state / "docker"
+
+    @property
+    def exec_root(self) -> Path:
+        return RUN_ROOT / self.name
+
+    @property
+    def docker_socket(self) -> Path:
+        return self.exec_root / "docker.sock"
+
+    @property
+    def docker_url(self) -> str:
+        return f"unix://{self.docker_socket}"
+
+    @property
+    def dockerd_pidfile(self) -> Path:
+        return self.exec_root / "docker.pid"
+
+    @property
+    def sshd_pidfile(self) -> Path:
+        return self.exec_root / "sshd.pid"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.exec_root / "runtime-runc" / "moby"
+
+    @property
+    def nsenter(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}"]
+
+
+HOSTS = (
+    LabHost("hostA", "198.18.0.11", "198.19.1.1/24", "198.19.16.0/20"),
+    LabHost("hostB", "198.18.0.12", "198.19.2.1/24", "198.19.32.0/20"),
+)
+SSH_CONFIG = LAB_ROOT / "ssh_config"
+CLIENT_KEY = LAB_ROOT / "id_ed25519"
+KNOWN_HOSTS = LAB_ROOT / "known_hosts"
+AUTHORIZED_KEYS = LAB_ROOT / "authorized_keys"
+
+
+def host(name: str) -> LabHost:
+    for h in HOSTS:
+        if h.name == name:
+            return h
+    raise LabError(f"no lab host named {name!r} (the lab has {', '.join(h.name for h in HOSTS)})")
+
+
+# ---------------------------------------------------------------------- helpers
+_local = LocalHost("lab")
+
+
+def _run(argv: list[str], check: bool = True, timeout: float = 120):
+    try:
+        return _local.run(argv, check=check, timeout=timeout)
+    except MigrationError as exc:
+        raise LabError(exc.message, argv=argv, detail=exc.detail) from exc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(probe: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if probe():
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 1.0)
+
+
+def _kill(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+# Daemons the lab starts, directly or through dockerd; a client (ssh, a shell) naming a lab path is not one.
+_DAEMONS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-proxy", "sshd", "runc",
+            "criu")
+
+
+def _lab_pids() -> list[int]:
+    """Processes that belong to the lab: daemons whose command line names a lab path, and all in a lab netns."""
+    marks = (str(LAB_ROOT).encode(), str(RUN_ROOT).encode())
+    mine = _ancestors()
+    lab_ns = set()
+    for h in HOSTS:
+        try:
+            lab_ns.add(os.stat(f"/run/netns/{h.netns}").st_ino)
+        except OSError:
+            pass
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            comm = (entry / "comm").read_text().strip()
+            if comm.startswith(_DAEMONS) and any(m in cmdline for m in marks):
+                found.append(int(entry.name))
+                continue
+            if lab_ns and os.stat(entry / "ns" / "net").st_ino in lab_ns:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _lab_mounts() -> list[str]:
+    marks = (str(LAB_ROOT), str(RUN_ROOT)) + tuple(f"/run/netns/{h.netns}" for h in HOSTS)
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if any(target == m or target.startswith(m + "/") for m in marks):
+                mounts.append(target)
+    return mounts
+
+
+def _link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def _netns_exists(name: str) -> bool:
+    return Path(f"/run/netns/{name}").exists()
+
+
+def _ssh_banner(address: str, port: int = 22, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def docker_client(h: LabHost, timeout: int = 60):
+    import docker
+    return docker.DockerClient(base_url=h.docker_url, timeout=timeout)
+
+
+def _docker_version(h: LabHost) -> str | None:
+    if not h.docker_socket.exists():
+        return None
+    try:
+        client = docker_client(h, timeout=5)
+        try:
+            return client.version().get("Version")
+        finally:
+            client.close()
+    except Exception:  # any failure means "not answering"; status reports it as down
+        return None
+
+
+# ---------------------------------------------------------------------- test image
+def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
+    """A minimal root filesystem: busybox-static and a link per applet, built offline (no registry here)."""
+    applets = _run([busybox, "--list-full"]).out.split()
+    buf = io.BytesIO()
+    now = int(time.time())
+
+    def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime, info.linkname = kind, mode, now, link
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data) if data else None)
+
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "var",
+                  "var/www", "home"):
+            add(d, tarfile.DIRTYPE, 0o755)
+        add("tmp", tarfile.DIRTYPE, 0o1777)
+        add("bin/busybox", tarfile.REGTYPE, 0o755, Path(busybox).read_bytes())
+        for applet in applets:
+            if applet != "bin/busybox":
+                add(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox")
+        add("etc/passwd", tarfile.REGTYPE, 0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")
+        add("etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        add("var/www/index.html", tarfile.REGTYPE, 0o644, b"hello from cmigrate's lab\n")
+    return buf.getvalue()
+
+
+def import_test_image(h: LabHost, rootfs: bytes) -> None:
+    client = docker_client(h)
+    try:
+        client.api.import_image_from_data(
+            rootfs, repository="busybox", tag="latest",
+            changes=['CMD ["sh"]', "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                     f"LABEL {TEST_IMAGE_LABEL}=test-image"])
+        client.images.get(TEST_IMAGE)
+    except Exception as exc:
+        raise LabError(f"cannot import the test image into {h.name}'s dockerd: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _has_test_image(h: LabHost) -> bool:
+    try:
+        client = docker_client(h, timeout=5)
+        try:
+            return TEST_IMAGE_LABEL in (client.images.get(TEST_IMAGE).labels or {})
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------- status
+@dataclass
+class HostStatus:
+    name: str
+    address: str
+    netns: bool
+    sshd: bool
+    dockerd: str | None
+    test_image: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.netns and self.sshd and self.dockerd is not None and self.test_image
+
+
+def host_status(h: LabHost) -> HostStatus:
+    netns = _netns_exists(h.netns)
+    sshd_pid = _read_pid(h.sshd_pidfile)
+    sshd = netns and sshd_pid is not None and _pid_alive(sshd_pid) and _ssh_banner(h.address)
+    dockerd = _docker_version(h) if netns else None
+    return HostStatus(h.name, h.address, netns, sshd, dockerd, dockerd is not None and _has_test_image(h))
+
+
+def is_up() -> bool:
+    return _link_exists(BRIDGE) and SSH_CONFIG.exists() and all(host_status(h).healthy for h in HOSTS)
+
+
+# ---------------------------------------------------------------------- up
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _keygen(path: Path, comment: str) -> str:
+    if not path.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def _sshd_config(h: LabHost) -> str:
+    env = f"DOCKER_HOST={h.docker_url} CMIGRATE_DOCKER_EXEC_ROOT={h.exec_root} CMIGRATE_HOST={h.name}"
+    return f"""# cmigrate lab: sshd of {h.name}
+ListenAddress {h.address}
+Port 22
+HostKey {h.state}/ssh_host_ed25519_key
+PidFile {h.sshd_pidfile}
+AuthorizedKeysFile {AUTHORIZED_KEYS}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes yes
+X11Forwarding no
+AllowTcpForwarding yes
+MaxSessions 100
+MaxStartups 100:30:200
+ClientAliveInterval 15
+SetEnv {env}
+Subsystem sftp internal-sftp
+"""
+
+
+def _ssh_config() -> str:
+    blocks = [f"""Host {h.name}
+    HostName {h.address}
+    User root
+    Port 22
+    IdentityFile {CLIENT_KEY}
+    IdentitiesOnly yes
+    UserKnownHostsFile {KNOWN_HOSTS}
+    StrictHostKeyChecking yes
+    BatchMode yes
+""" for h in HOSTS]
+    return "# cmigrate lab: ssh -F " + str(SSH_CONFIG) + " hostA\n" + "\n".join(blocks)
+
+
+def _start_network(say: Say) -> None:
+    say(f"network: bridge {BRIDGE} {BRIDGE_ADDR}/{PREFIX}")
+    _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    _run(["ip", "addr", "add", f"{BRIDGE_ADDR}/{PREFIX}", "dev", BRIDGE])
+    _run(["ip", "link", "set", BRIDGE, "up"])
+    for h in HOSTS:
+        say(f"{h.name}: network namespace {h.netns}, address {h.address}")
+        _run(["ip", "netns", "add", h.netns])
+        _run(["ip", "link", "add", h.veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns])
+        _run(["ip", "link", "set", h.veth, "master", BRIDGE, "up"])
+        _run(["ip", "-n", h.netns, "addr", "add", f"{h.address}/{PREFIX}", "dev", "eth0"])
+        _run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", h.netns, "link", "set", "lo", "up"])
+
+
+def _start_sshd(h: LabHost) -> None:
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # sshd's privilege-separation directory
+    config = h.state / "sshd_config"
+    _write(config, _sshd_config(h))
+    _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
+    _run(h.nsenter + [SSHD, "-f", str(config), "-E", str(h.state / "sshd.log")])
+
+
+def _start_dockerd(h: LabHost) -> None:
+    h.data_root.mkdir(parents=True, exist_ok=True)
+    h.exec_root.mkdir(parents=True, exist_ok=True)
+    argv = h.nsenter + [
+        DOCKERD, "--experimental",
+        "--data-root", str(h.data_root), "--exec-root", str(h.exec_root),
+        "-H", h.docker_url, "--pidfile", str(h.dockerd_pidfile),
+        "--bip", h.container_bip, "--default-address-pool", f"base={h.address_pool},size=24",
+        "--shutdown-timeout", "3", "--log-level", "warn",
+    ]
+    log = open(h.state / "dockerd.log", "ab")
+    try:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                         close_fds=True)
+    except FileNotFoundError as exc:
+        raise LabError("dockerd is not installed", hint="run ./install.sh first") from exc
+    finally:
+        log.close()
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def up(say: Say = lambda s: None) -> None:
+    """Bring the lab up; a no-op when it already runs, a clean restart after a crash."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, dockerd)", hint="run as root")
+    for binary in ("ip", "nsenter", "ssh-keygen", DOCKERD, SSHD, "criu", "busybox"):
+        if _run(["sh", "-c", 'command -v "$1"', "sh", binary], check=False).status != 0:
+            raise LabError(f"{binary} is not installed", hint="run ./install.sh first")
+    if is_up():
+        say("lab is already up")
+        return
+    if _link_exists(BRIDGE) or any(_netns_exists(h.netns) for h in HOSTS) or LAB_ROOT.exists() or RUN_ROOT.exists():
+        say("cleaning up what a previous lab left behind")
+        down(say)
+    LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+    RUN_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        client_pub = _keygen(CLIENT_KEY, "cmigrate-lab-client")
+        _write(AUTHORIZED_KEYS, client_pub + "\n", 0o600)
+        known = []
+        for h in HOSTS:
+            h.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            pub = _keygen(h.state / "ssh_host_ed25519_key", f"cmigrate-lab-{h.name}")
+            key_type, key_b64 = pub.split()[:2]
+            known.append(f"{h.name},{h.address} {key_type} {key_b64}")
+        _write(KNOWN_HOSTS, "\n".join(known) + "\n", 0o644)
+        _write(SSH_CONFIG, _ssh_config(), 0o644)
+        _start_network(say)
+        for h in HOSTS:
+            say(f"{h.name}: starting sshd and dockerd")
+            _start_sshd(h)
+            _start_dockerd(h)
+        rootfs = busybox_rootfs_tar()
+        for h in HOSTS:
+            _wait(lambda: _ssh_banner(h.address), READY_TIMEOUT, f"{h.name}'s sshd at {h.address}:22")
+            try:
+                _wait(lambda: _docker_version(h) is not None, READY_TIMEOUT, f"{h.name}'s dockerd")
+            except LabError as exc:
+                exc.detail = _log_tail(h.state / "dockerd.log")
+                raise
+            say(f"{h.name}: dockerd {_docker_version(h)} ready; importing test image {TEST_IMAGE}")
+            import_test_image(h, rootfs)
+    except BaseException:
+        say("lab up failed; removing what it created")
+        try:
+            down(lambda s: None)
+        except MigrationError:
+            pass
+        raise
+    say(f"lab is up: ssh -F {SSH_CONFIG} hostA")
+
+
+# ---------------------------------------------------------------------- down
+def _remove_containers(h: LabHost) -> None:
+    """Containers whose dockerd is gone (a crash) still run under containerd's shims: delete them via runc."""
+    if not h.runc_root.exists():
+        return
+    res = _run(["runc", "--root", str(h.runc_root), "list", "-q"], check=False)
+    for cid in res.out.split():
+        _run(["runc", "--root", str(h.runc_root), "delete", "--force", cid], check=False)
+
+
+def down(say: Say = lambda s: None) -> None:
+    """Remove everything the lab created. Safe to run twice, and after a crash."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, dockerd)", hint="run as root")
+    for h in HOSTS:
+        pid = _read_pid(h.dockerd_pidfile)
+        if pid and _pid_alive(pid):
+            say(f"{h.name}: stopping dockerd (pid {pid})")
+            _kill(pid, timeout=30)
+        _remove_containers(h)
+    for attempt in range(3):
+        pids = _lab_pids()
+        if not pids:
+            break
+        say(f"stopping {len(pids)} lab process(es)")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(pids, 10.0)
+    for target in sorted(_lab_mounts(), key=lambda m: m.count("/"), reverse=True):
+        if _run(["umount", target], check=False).status != 0:
+            _run(["umount", "-l", target], check=False)
+    for h in HOSTS:
+        if _netns_exists(h.netns):
+            say(f"{h.name}: removing network namespace {h.netns}")
+            _run(["ip", "netns", "del", h.netns], check=False)
+        if _link_exists(h.veth):
+            _run(["ip", "link", "del", h.veth], check=False)
+    if _link_exists(BRIDGE):
+        say(f"removing bridge {BRIDGE}")
+        _run(["ip", "link", "del", BRIDGE])
+    for root in (RUN_ROOT, LAB_ROOT):
+        if root.exists():
+            say(f"removing {root}")
+            _run(["rm", "-rf", "--one-file-system", str(root)])
+    left = leftovers()
+    if left:
+        raise LabError("lab down left things behind: " + "; ".join(left))
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+        time.sleep(0.05)
+
+
+def leftovers() -> list[str]:
+    """What of the lab is still on this machine (empty after a clean ``down``)."""
+    left = []
+    left += [f"network namespace {h.netns}" for h in HOSTS if _netns_exists(h.netns)]
+    left += [f"link {name}" for name in [BRIDGE] + [h.veth for h in HOSTS] if _link_exists(name)]
+    left += [f"process {pid}" for pid in _lab_pids() if _pid_alive(pid)]
+    left += [f"mount {m}" for m in _lab_mounts()]
+    left += [f"directory {d}" for d in (LAB_ROOT, RUN_ROOT) if d.exists()]
+    return left

@@ -1,0 +1,1 @@
+"""Moving bytes and running commands: SSH sessions, framed control messages, compressed streams."""
