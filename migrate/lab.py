@@ -12,6 +12,7 @@ host's own dockerd, set by its sshd's ``SetEnv``.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -239,17 +240,35 @@ def docker_client(h: LabHost, timeout: int = 60):
     return docker.DockerClient(base_url=h.docker_url, timeout=timeout)
 
 
-def _docker_version(h: LabHost) -> str | None:
+def _docker_get(h: LabHost, path: str, timeout: float = 5.0) -> dict | None:
+    """GET a Docker API path over the host's socket; None when the daemon does not answer or says no.
+
+    A bare HTTP/1.0 request rather than the SDK: probing a dead daemon must not leak connections.
+    """
     if not h.docker_socket.exists():
         return None
     try:
-        client = docker_client(h, timeout=5)
-        try:
-            return client.version().get("Version")
-        finally:
-            client.close()
-    except Exception:  # any failure means "not answering"; status reports it as down
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(h.docker_socket))
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
         return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or head.split()[1] != b"200":
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _docker_version(h: LabHost) -> str | None:
+    answer = _docker_get(h, "/version")
+    return answer.get("Version") if answer else None
 
 
 # ---------------------------------------------------------------------- test image
@@ -296,14 +315,8 @@ def import_test_image(h: LabHost, rootfs: bytes) -> None:
 
 
 def _has_test_image(h: LabHost) -> bool:
-    try:
-        client = docker_client(h, timeout=5)
-        try:
-            return TEST_IMAGE_LABEL in (client.images.get(TEST_IMAGE).labels or {})
-        finally:
-            client.close()
-    except Exception:
-        return False
+    image = _docker_get(h, f"/images/{TEST_IMAGE}/json")
+    return bool(image) and TEST_IMAGE_LABEL in ((image.get("Config") or {}).get("Labels") or {})
 
 
 # ---------------------------------------------------------------------- status
@@ -417,14 +430,11 @@ def _start_dockerd(h: LabHost) -> None:
         "--bip", h.container_bip, "--default-address-pool", f"base={h.address_pool},size=24",
         "--shutdown-timeout", "3", "--log-level", "warn",
     ]
-    log = open(h.state / "dockerd.log", "ab")
-    try:
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                         close_fds=True)
-    except FileNotFoundError as exc:
-        raise LabError("dockerd is not installed", hint="run ./install.sh first") from exc
-    finally:
-        log.close()
+    # setsid --fork detaches dockerd from us: it outlives this command and is not our child to reap.
+    with open(h.state / "dockerd.log", "ab") as log:
+        res = subprocess.run(["setsid", "--fork", *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    if res.returncode != 0:
+        raise LabError(f"cannot start {h.name}'s dockerd", detail=_log_tail(h.state / "dockerd.log"))
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
@@ -455,6 +465,7 @@ def up(say: Say = lambda s: None) -> None:
         known = []
         for h in HOSTS:
             h.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            h.exec_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             pub = _keygen(h.state / "ssh_host_ed25519_key", f"cmigrate-lab-{h.name}")
             key_type, key_b64 = pub.split()[:2]
             known.append(f"{h.name},{h.address} {key_type} {key_b64}")

@@ -1,0 +1,38 @@
+"""Host resolution through an OpenSSH config, as ``ssh`` itself would resolve it."""
+from __future__ import annotations
+
+import pytest
+
+from migrate.errors import TransportError
+from transport.ssh import _parse_jump, resolve
+
+
+def test_resolves_hostname_user_port_identity_and_known_hosts(tmp_path):
+    cfg = tmp_path / "config"
+    cfg.write_text("Host web1\n  HostName 198.18.5.5\n  User deploy\n  Port 2222\n"
+                   "  IdentityFile ~/.ssh/id_web\n  UserKnownHostsFile /tmp/kh1 /tmp/kh2\n  ProxyJump bastion\n")
+    spec = resolve("web1", str(cfg))
+    assert (spec.hostname, spec.user, spec.port) == ("198.18.5.5", "deploy", 2222)
+    assert spec.identity_files[0].endswith("/.ssh/id_web") and "~" not in spec.identity_files[0]
+    assert spec.known_hosts_files == ["/tmp/kh1", "/tmp/kh2"]
+    assert spec.proxy_jump == "bastion"
+
+
+def test_unlisted_host_keeps_its_name_and_default_known_hosts(tmp_path, isolated_env):
+    spec = resolve("plainhost", None)
+    assert spec.hostname == "plainhost" and spec.port == 22 and spec.proxy_jump is None
+    assert spec.known_hosts_files[0] == str(isolated_env / ".ssh" / "known_hosts")
+
+
+def test_missing_explicit_config_is_an_error(tmp_path):
+    with pytest.raises(TransportError, match="does not exist"):
+        resolve("x", str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("jump,expected", [
+    ("bastion", ("bastion", None, None)),
+    ("ops@bastion:2200", ("bastion", "ops", 2200)),
+    ("[fe80::1]:22", ("fe80::1", None, 22)),
+])
+def test_proxy_jump_forms(jump, expected):
+    assert _parse_jump(jump) == expected
