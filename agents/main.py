@@ -1,3 +1,89 @@
-"""Entry point of cmigrate-agent (placeholder)."""
-def main(argv=None) -> int:
-    return 0
+"""cmigrate-agent: acts on the host it runs on, driven by framed messages on stdin/stdout.
+
+Protocol: the CLI sends ``hello`` with its version; the agent answers ``hello`` with its own, or an ``error`` and
+exits when they differ. Then each ``call`` (``op`` and ``args``) is answered by any number of ``progress`` messages
+and one ``result`` or ``error``. Logs go to stderr; stdout carries frames only.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+
+from migrate import __version__
+from migrate.errors import AgentError, MigrationError
+from transport import framing
+
+PROTOCOL = 1
+Op = Callable[[dict, Callable[[dict], None]], object]
+
+
+def operations() -> dict[str, Op]:
+    from agents import checkpoint
+    return {
+        "ping": lambda args, emit: {"pong": True},
+        **checkpoint.OPERATIONS,
+    }
+
+
+def error_message(exc: BaseException) -> dict:
+    if isinstance(exc, MigrationError):
+        return {"type": "error"} | exc.to_dict()
+    return {"type": "error", "error": "AgentError", "message": f"agent failed: {type(exc).__name__}: {exc}",
+            "detail": traceback.format_exc(limit=5)}
+
+
+def serve(stdin, stdout, host_name: str) -> int:
+    try:
+        hello = framing.recv(stdin)
+    except (EOFError, framing.ProtocolError) as exc:
+        print(f"cmigrate-agent: no hello: {exc}", file=sys.stderr)
+        return 2
+    if hello.get("type") != "hello" or hello.get("version") != __version__ or hello.get("protocol") != PROTOCOL:
+        framing.send(stdout, error_message(AgentError(
+            f"agent version {__version__} (protocol {PROTOCOL}) does not match cmigrate {hello.get('version')} "
+            f"(protocol {hello.get('protocol')})", host=host_name,
+            hint="install the same cmigrate version on every host (./install.sh)")))
+        return 2
+    framing.send(stdout, {"type": "hello", "version": __version__, "protocol": PROTOCOL, "host": host_name,
+                          "pid": os.getpid()})
+    ops = operations()
+    while True:
+        try:
+            msg = framing.recv(stdin)
+        except EOFError:
+            return 0
+        except framing.ProtocolError as exc:
+            framing.send(stdout, error_message(exc))
+            return 2
+        if msg["type"] == "bye":
+            return 0
+        if msg["type"] != "call" or msg.get("op") not in ops:
+            framing.send(stdout, error_message(AgentError(f"unknown request {msg.get('type')}/{msg.get('op')}",
+                                                          host=host_name)))
+            continue
+        emit = lambda event: framing.send(stdout, {"type": "progress"} | event)  # noqa: E731
+        try:
+            value = ops[msg["op"]](msg.get("args") or {}, emit)
+            framing.send(stdout, {"type": "result", "value": value})
+        except Exception as exc:  # every failure goes back to the CLI as a typed error
+            if isinstance(exc, MigrationError) and exc.host is None:
+                exc.host = host_name
+            framing.send(stdout, error_message(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"cmigrate-agent {__version__} protocol {PROTOCOL}")
+        return 0
+    host_name = os.environ.get("CMIGRATE_HOST") or socket.gethostname()
+    stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout = sys.stderr   # nothing but frames may reach the real stdout
+    return serve(sys.stdin.buffer, stdout, host_name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

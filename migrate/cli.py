@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from migrate import __version__
-from migrate.errors import MigrationError
+from migrate.errors import MigrationError, UsageError
 
-COMMANDS = ("lab",)
+COMMANDS = ("lab", "checkpoint", "start")
 
 
 def _say(quiet: bool):
@@ -68,16 +69,95 @@ def lab_status(as_json: bool) -> int:
     return 0 if up else 1
 
 
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _emit(args: argparse.Namespace, value, human: str | None) -> None:
+    if args.json:
+        print(json.dumps(value, indent=2))
+    elif human is not None and not args.quiet:
+        print(human)
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from migrate import checkpoint
+    where = {"host": args.host, "checkpoint_dir": args.checkpoint_dir, "ssh_config": args.ssh_config}
+    if args.action == "create":
+        res = checkpoint.create(args.container, args.name, leave_running=args.leave_running, **where)
+        _emit(args, res, res["name"])
+    elif args.action == "ls":
+        res = checkpoint.ls(args.container, **where)
+        lines = [f"{'CHECKPOINT NAME':<24} {'CREATED':<20} SIZE"]
+        lines += [f"{c['name']:<24} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['created'])):<20} "
+                  f"{_human_bytes(c['bytes'])}" for c in res]
+        _emit(args, res, "\n".join(lines))
+    else:
+        res = checkpoint.rm(args.container, args.name, **where)
+        _emit(args, res, None)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from migrate import checkpoint
+    res = checkpoint.start(args.container, args.checkpoint, host=args.host, checkpoint_dir=args.checkpoint_dir,
+                           ssh_config=args.ssh_config)
+    _emit(args, res, args.container)
+    return 0
+
+
+def _common(sub: bool) -> argparse.ArgumentParser:
+    """Options accepted both before and after the command (``cmigrate -H hostA checkpoint ls cr``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    d = argparse.SUPPRESS if sub else None
+    p.add_argument("-H", "--host", default=d if sub else "local", metavar="HOST",
+                   help="where the container is: 'local' (default) or an SSH host name")
+    p.add_argument("-F", "--ssh-config", default=d, metavar="FILE", help="SSH config to resolve host names")
+    p.add_argument("--json", action="store_true", default=d if sub else False, help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", default=d if sub else False, help="print only errors")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = _common(sub=True)
     parser = argparse.ArgumentParser(
-        prog="cmigrate", description="Live-migrate running Docker containers between hosts with CRIU.")
+        prog="cmigrate", parents=[_common(sub=False)],
+        description="Live-migrate running Docker containers between hosts with CRIU.")
     parser.add_argument("--version", action="version", version=f"cmigrate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("lab", help="the local two-host lab (hostA, hostB) for demos and tests")
+
+    p = sub.add_parser("lab", parents=[common], help="the local two-host lab (hostA, hostB) for demos and tests")
     p.add_argument("action", choices=("up", "status", "down"))
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(func=cmd_lab)
+
+    cp = sub.add_parser("checkpoint", help="create, list and remove checkpoints of a container")
+    csub = cp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dir_help = "use a custom checkpoint storage directory (absolute path on the container's host)"
+    p = csub.add_parser("create", parents=[common], help="checkpoint a running container")
+    p.add_argument("--leave-running", action="store_true", help="leave the container running after checkpoint")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
+    p.add_argument("container")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_checkpoint)
+    p = csub.add_parser("ls", parents=[common], help="list a container's checkpoints")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
+    p.add_argument("container")
+    p.set_defaults(func=cmd_checkpoint)
+    p = csub.add_parser("rm", parents=[common], help="remove a checkpoint")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
+    p.add_argument("container")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("start", parents=[common], help="start a stopped container from a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="NAME", help="restore from this checkpoint")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
+    p.add_argument("container")
+    p.set_defaults(func=cmd_start)
     return parser
 
 
@@ -96,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cmigrate: error: {exc.line()}", file=sys.stderr)
         if exc.detail:
             print("  " + exc.detail.replace("\n", "\n  "), file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         print("cmigrate: interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,13 @@
 """Fixtures for tests on the real two-host lab (real dockerd, CRIU and sshd)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +30,27 @@ def the_lab():
     return lab
 
 
+@pytest.fixture(autouse=True)
+def this_checkouts_agent(monkeypatch):
+    # The lab's hosts share this machine's files: run the agent of the code under test, not whichever
+    # checkout last linked /usr/local/bin/cmigrate-agent.
+    monkeypatch.setenv("CMIGRATE_AGENT", str(Path(sys.prefix) / "bin" / "cmigrate-agent"))
+
+
+@dataclass
+class CLI:
+    status: int
+    out: str
+    err: str
+
+
+def cmigrate(*args: str, env: dict | None = None, timeout: float = 180) -> CLI:
+    """The cmigrate command as a user runs it."""
+    res = subprocess.run([str(Path(sys.prefix) / "bin" / "cmigrate"), *args], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, **(env or {})})
+    return CLI(res.returncode, res.stdout, res.stderr)
+
+
 class RemoteDocker:
     """The docker CLI on one lab host, over SSH; removes the containers it made when the test ends."""
 
@@ -44,6 +70,12 @@ class RemoteDocker:
 
     def logs(self, name: str) -> list[str]:
         return self("logs", name).out.split()
+
+    def state(self, name: str) -> str:
+        return self("inspect", "-f", "{{.State.Status}}", name).out.strip()
+
+    def sh(self, name: str, script: str) -> str:
+        return self("exec", name, "sh", "-c", script).out
 
     def wait_logs(self, name: str, predicate, timeout: float = 30.0) -> list[str]:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,270 @@
+"""Checkpoint and restore on this host: Docker's commands with its gaps closed.
+
+Beyond ``docker checkpoint``: the writable layer is saved with the memory (and put back on restore, so a rewind
+rolls files back too); a checkpoint in a custom directory can be restored; the same checkpoint can be restored
+again and again, also into a container that was removed and created anew; checkpoint directories are 0700.
+
+Layout of a checkpoint ``<dir>/<name>/``: CRIU's images as Docker writes them, plus ``cmigrate/meta.json`` and
+``cmigrate/rootfs.tar`` (the writable layer).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from agents import rootfs
+from agents.dockerd import Docker, criu_log_excerpt
+from migrate import __version__
+from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
+                            RollbackError, UsageError)
+from migrate.hostinfo import require_criu
+from migrate.names import validate_checkpoint
+from transport.hosts import LocalHost
+
+META_DIR = "cmigrate"
+TEMP_PREFIX = "cmigrate-restore-"
+Emit = Callable[[dict], None]
+
+
+def _checkpoint_dir(args: dict) -> Path | None:
+    d = args.get("checkpoint_dir")
+    if not d:
+        return None
+    p = Path(d)
+    if not p.is_absolute():
+        raise UsageError(f"--checkpoint-dir must be an absolute path, got {d!r}")
+    return p
+
+
+def _base(dk: Docker, inspect: dict, custom: Path | None) -> Path:
+    return custom if custom else dk.root_dir / "containers" / inspect["Id"] / "checkpoints"
+
+
+def _preflight(dk: Docker) -> None:
+    dk.require_experimental()
+    require_criu(LocalHost(os.environ.get("CMIGRATE_HOST", "local")))
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _criu_failure(cls, what: str, exc: DockerError, container: str):
+    """The error to show for a failed dump or restore: CRIU's first error line, the log's relevant lines below."""
+    log, excerpt = criu_log_excerpt(exc.detail or exc.message)
+    if not excerpt:
+        return cls(f"{what} failed: {exc.message.split(' failed: ', 1)[-1]}", container=container,
+                   detail=exc.detail)
+    first = excerpt.splitlines()[0]
+    first = first.split("): ", 1)[-1] if "): " in first else first
+    return cls(f"{what} of {container} failed, CRIU says: {first.strip()}", container=container,
+               detail=f"CRIU log {log}:\n{excerpt}", hint=f"full log: {log}")
+
+
+# ---------------------------------------------------------------------- create
+def create(args: dict, emit: Emit) -> dict:
+    container, name = args["container"], validate_checkpoint(args["name"])
+    leave_running = bool(args.get("leave_running"))
+    custom = _checkpoint_dir(args)
+    dk = Docker()
+    try:
+        info = dk.inspect(container)
+        state = info["State"]
+        if not state.get("Running"):
+            raise PreflightError(f"container {container} is not running", container=container)
+        if state.get("Paused"):
+            raise PreflightError(f"container {container} is paused: unpause it first", container=container)
+        _preflight(dk)
+        upper = rootfs.upper_dir(info)
+        base = _base(dk, info, custom)
+        target = base / name
+        if target.exists():
+            raise PreflightError(f"checkpoint {name} already exists in {base}", container=container)
+        if custom:
+            custom.mkdir(mode=0o700, parents=True, exist_ok=True)
+        started = time.monotonic()
+        # Freeze first, so that the files saved below belong to the same instant as the memory.
+        dk.pause(info["Id"])
+        try:
+            dk.checkpoint_create(info["Id"], name, str(custom) if custom else None, exit=not leave_running)
+        except DockerError as exc:
+            _resume_after_failure(dk, info, container, target)
+            shutil.rmtree(target, ignore_errors=True)
+            raise _criu_failure(CheckpointError, "checkpoint", exc, container) from exc
+        try:
+            layer = rootfs.save(upper, target / META_DIR / "rootfs.tar")
+        except MigrationError:
+            _resume_after_failure(dk, info, container, target)   # files untouched: the images still fit them
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        if leave_running:
+            dk.unpause(info["Id"])
+        frozen = time.monotonic() - started
+        meta = {"cmigrate": __version__, "name": name, "container": info["Name"].lstrip("/"),
+                "container_id": info["Id"], "image": info["Config"]["Image"], "created": time.time(),
+                "leave_running": leave_running, "tty": bool(info["Config"].get("Tty")), "rootfs": layer}
+        (target / META_DIR / "meta.json").write_text(json.dumps(meta, indent=1))
+        _lock_down(target)
+        return {"name": name, "dir": str(target), "bytes": _dir_size(target), "frozen_seconds": frozen,
+                "running": leave_running}
+    finally:
+        dk.close()
+
+
+def _lock_down(target: Path) -> None:
+    """Memory images hold the container's secrets: owner-only, all the way down."""
+    os.chmod(target, 0o700)
+    for root, dirs, files in os.walk(target):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o700)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o600)
+
+
+def _resume_after_failure(dk: Docker, info: dict, container: str, images: Path) -> None:
+    """After a failed checkpoint the container must run as before: unpause it, or restore it from the images."""
+    state = dk.inspect(info["Id"])["State"]
+    if state.get("Paused"):
+        dk.unpause(info["Id"])
+    elif not state.get("Running"):
+        if not (images / "inventory.img").exists():
+            raise RollbackError(f"checkpoint failed and container {container} stopped without usable images",
+                                container=container)
+        try:
+            _start_from(dk, info, images)
+        except MigrationError as exc:
+            raise RollbackError(f"checkpoint failed and container {container} could not be restored from its "
+                                f"images ({exc.message}); they are kept in {images}", container=container) from exc
+
+
+# ---------------------------------------------------------------------- ls / rm
+def list_checkpoints(args: dict, emit: Emit) -> list[dict]:
+    container = args["container"]
+    custom = _checkpoint_dir(args)
+    dk = Docker()
+    try:
+        info = dk.inspect(container)
+        base = _base(dk, info, custom)
+    finally:
+        dk.close()
+    found = []
+    if base.is_dir():
+        for entry in sorted(base.iterdir()):
+            if not entry.is_dir() or entry.name.startswith(TEMP_PREFIX) or not (entry / "inventory.img").exists():
+                continue
+            created = entry.stat().st_mtime
+            meta_file = entry / META_DIR / "meta.json"
+            if meta_file.exists():
+                try:
+                    created = json.loads(meta_file.read_text()).get("created", created)
+                except ValueError:
+                    pass
+            found.append({"name": entry.name, "created": created, "bytes": _dir_size(entry), "dir": str(entry)})
+    return sorted(found, key=lambda c: c["created"])
+
+
+def remove(args: dict, emit: Emit) -> dict:
+    container, name = args["container"], validate_checkpoint(args["name"])
+    custom = _checkpoint_dir(args)
+    dk = Docker()
+    try:
+        base = _base(dk, dk.inspect(container), custom)
+    finally:
+        dk.close()
+    target = base / name
+    if not (target / "inventory.img").exists():
+        raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
+    shutil.rmtree(target)
+    return {"name": name, "removed": str(target)}
+
+
+# ---------------------------------------------------------------------- restore
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link CRIU's images into ``dst`` (copy across filesystems); cmigrate's own files stay out."""
+    dst.mkdir(mode=0o700)
+    for entry in src.iterdir():
+        if entry.name == META_DIR:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dst / entry.name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, dst / entry.name)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _start_from(dk: Docker, info: dict, source: Path) -> None:
+    """``docker start --checkpoint`` from any directory.
+
+    Docker restores only from the container's own checkpoints folder, and refuses a checkpoint whose content
+    containerd already holds ("content sha256:... already exists"): give it a fresh copy each time, under a
+    name of its own and with a nonce so that its digest is new.
+    """
+    temp_name = TEMP_PREFIX + uuid.uuid4().hex[:12]
+    temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
+    temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        _link_tree(source, temp)
+        (temp / "cmigrate-nonce").write_text(temp_name)
+        dk.start_from_checkpoint(info["Id"], temp_name)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def restore(args: dict, emit: Emit) -> dict:
+    container, name = args["container"], validate_checkpoint(args["name"])
+    custom = _checkpoint_dir(args)
+    dk = Docker()
+    try:
+        info = dk.inspect(container)
+        if info["State"].get("Running"):
+            raise PreflightError(f"container {container} is already running", container=container)
+        _preflight(dk)
+        base = _base(dk, info, custom)
+        source = base / name
+        if not (source / "inventory.img").exists():
+            raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
+        layer = source / META_DIR / "rootfs.tar"
+        upper = rootfs.upper_dir(info)
+        started = time.monotonic()
+        replaced = rootfs.Replaced(upper, layer) if layer.exists() else None
+        try:
+            _start_from(dk, info, source)
+        except MigrationError as exc:
+            if replaced:
+                replaced.undo()
+            if isinstance(exc, DockerError):
+                raise _criu_failure(RestoreError, "restore", exc, container) from exc
+            raise
+        if replaced:
+            replaced.commit()
+        if not dk.inspect(info["Id"])["State"].get("Running"):
+            raise RestoreError(f"container {container} stopped right after its restore", container=container)
+        return {"container": container, "name": name, "seconds": time.monotonic() - started}
+    finally:
+        dk.close()
+
+
+OPERATIONS = {
+    "checkpoint.create": create,
+    "checkpoint.ls": list_checkpoints,
+    "checkpoint.rm": remove,
+    "checkpoint.restore": restore,
+}

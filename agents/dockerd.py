@@ -1,0 +1,125 @@
+"""The local Docker daemon as an agent sees it: the SDK plus the experimental checkpoint endpoints it lacks."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+from migrate.errors import DockerError, PreflightError
+
+LOG_PATH = re.compile(r"(?:log file:|path=)\s*(/\S+?\.log)")
+
+
+def client(timeout: int = 300) -> docker.DockerClient:
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as exc:
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise PreflightError(f"cannot reach the Docker daemon at {where}: {exc}",
+                             hint="is dockerd running? set DOCKER_HOST if it listens elsewhere") from exc
+
+
+class Docker:
+    """One daemon. Methods raise DockerError/PreflightError, never docker-py's exceptions."""
+
+    def __init__(self) -> None:
+        self.client = client()
+        self.api = self.client.api
+        self._info: dict | None = None
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------------ daemon
+    def info(self) -> dict:
+        if self._info is None:
+            self._info = self._do("read daemon info", self.api.info)
+        return self._info
+
+    def require_experimental(self) -> None:
+        if not self.info().get("ExperimentalBuild"):
+            raise PreflightError("Docker is not in experimental mode (checkpoint and restore need it)",
+                                 hint="start dockerd with --experimental, or set \"experimental\": true in "
+                                      "/etc/docker/daemon.json and restart it")
+
+    @property
+    def root_dir(self) -> Path:
+        return Path(self.info()["DockerRootDir"])
+
+    # ------------------------------------------------------------------ containers
+    def inspect(self, container: str) -> dict:
+        try:
+            return self.api.inspect_container(container)
+        except docker.errors.NotFound as exc:
+            raise PreflightError(f"no such container: {container}", container=container) from exc
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            raise DockerError(f"cannot inspect container {container}: {exc}", container=container) from exc
+
+    def exists(self, container: str) -> bool:
+        try:
+            self.api.inspect_container(container)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def _do(self, what: str, fn, *args, container: str | None = None, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound as exc:
+            raise PreflightError(f"{what}: {_explain(exc)}", container=container) from exc
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            raise DockerError(f"{what}: {_explain(exc)}", container=container) from exc
+
+    def pause(self, cid: str) -> None:
+        self._do("pause", self.api.pause, cid, container=cid)
+
+    def unpause(self, cid: str) -> None:
+        self._do("unpause", self.api.unpause, cid, container=cid)
+
+    # ------------------------------------------------------------------ checkpoints (experimental API)
+    def checkpoint_create(self, cid: str, name: str, checkpoint_dir: str | None, exit: bool) -> None:
+        body = {"CheckpointID": name, "Exit": exit}
+        if checkpoint_dir:
+            body["CheckpointDir"] = checkpoint_dir
+        resp = self.api.post(self.api._url("/containers/{0}/checkpoints", cid), json=body)
+        self._check(resp, f"docker checkpoint create {name}", cid)
+
+    def start_from_checkpoint(self, cid: str, name: str) -> None:
+        resp = self.api.post(self.api._url("/containers/{0}/start", cid), params={"checkpoint": name})
+        self._check(resp, f"docker start --checkpoint {name}", cid)
+
+    def _check(self, resp: requests.Response, what: str, cid: str) -> None:
+        if resp.status_code < 300:
+            return
+        try:
+            message = resp.json().get("message", resp.text)
+        except ValueError:
+            message = resp.text
+        raise DockerError(f"{what} failed: {first_line(message)}", container=cid, detail=message)
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return first_line(getattr(exc, "explanation", None) or str(exc))
+
+
+def first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "no message"
+
+
+def criu_log_excerpt(message: str, lines: int = 12) -> tuple[str | None, str]:
+    """The CRIU log named in a Docker/runc error, and its relevant lines (errors and what led to them)."""
+    m = LOG_PATH.search(message or "")
+    if not m:
+        return None, ""
+    path = Path(m.group(1))
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return str(path), ""
+    # CRIU in this VM always logs an Error for RLIMIT_NOFILE and carries on: not the cause of anything.
+    wanted = [ln for ln in text if "Error (" in ln and "RLIMIT_NOFILE" not in ln]
+    return str(path), "\n".join((wanted or text[-lines:])[:lines])

@@ -1,0 +1,133 @@
+"""Start a cmigrate-agent on a host and talk to it: version handshake, then calls answered by typed messages."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+from migrate import __version__, errors
+from migrate.errors import AgentError, MigrationError, TransportError
+from transport import framing
+from transport.hosts import Host, LocalHost, tail
+
+DEFAULT_AGENT = "cmigrate-agent"
+Progress = Callable[[dict], None]
+
+
+def _error_from(message: dict, host: str) -> MigrationError:
+    cls = getattr(errors, str(message.get("error")), None)
+    if not (isinstance(cls, type) and issubclass(cls, MigrationError)):
+        cls = AgentError
+    return cls(str(message.get("message", "agent error")), host=message.get("host") or host,
+               container=message.get("container"), argv=message.get("argv"), status=message.get("status"),
+               detail=str(message.get("detail") or ""), hint=str(message.get("hint") or ""))
+
+
+class AgentSession:
+    """One agent process on ``host``. Use as a context manager; ``call`` runs one operation there."""
+
+    def __init__(self, host: Host, agent: str | None = None) -> None:
+        self.host = host
+        agent = agent or os.environ.get("CMIGRATE_AGENT")
+        if agent is None and isinstance(host, LocalHost):
+            argv = [sys.executable, "-m", "agents.main"]
+        else:
+            argv = [agent or DEFAULT_AGENT]
+        self.proc = host.popen(argv)
+        self._stderr = bytearray()
+        self._reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._reader.start()
+        self.remote: dict = {}
+        try:
+            self._handshake()
+        except BaseException:
+            self.close()
+            raise
+
+    def _drain_stderr(self) -> None:
+        try:
+            while chunk := self.proc.stderr.read1(65536) if hasattr(self.proc.stderr, "read1") \
+                    else self.proc.stderr.read(4096):
+                self._stderr.extend(chunk)
+                del self._stderr[:-65536]
+        except (OSError, ValueError):
+            pass
+
+    def _lost(self, exc: BaseException) -> TransportError:
+        status = None
+        try:
+            status = self.proc.wait(timeout=2)
+        except Exception:  # still running, or the channel is gone: no status to report
+            pass
+        self._reader.join(timeout=1)
+        err = tail(bytes(self._stderr), 5)
+        if status == 127:
+            return TransportError("cmigrate-agent is not installed", host=self.host.name, status=status,
+                                  hint="run ./install.sh on that host", detail=err)
+        if not self.remote:
+            return AgentError(f"the agent exited before it answered (exit status {status}): {err or exc}",
+                              host=self.host.name, status=status, detail=err,
+                              hint="install the same cmigrate version on every host (./install.sh)")
+        return TransportError(f"lost the agent: {exc}", host=self.host.name, status=status, detail=err)
+
+    def _recv(self) -> dict:
+        try:
+            return framing.recv(self.proc.stdout)
+        except framing.ProtocolError as exc:
+            exc.host = self.host.name
+            raise
+        except (EOFError, OSError) as exc:
+            raise self._lost(exc) from exc
+
+    def _send(self, message: dict) -> None:
+        try:
+            framing.send(self.proc.stdin, message)
+        except (OSError, ValueError) as exc:
+            raise self._lost(exc) from exc
+
+    def _handshake(self) -> None:
+        self._send({"type": "hello", "version": __version__, "protocol": 1})
+        answer = self._recv()
+        if answer["type"] == "error":
+            raise _error_from(answer, self.host.name)
+        if answer["type"] != "hello" or answer.get("version") != __version__:
+            raise AgentError(f"agent answered version {answer.get('version')}, cmigrate is {__version__}",
+                             host=self.host.name, hint="install the same cmigrate version on every host")
+        self.remote = answer
+
+    def call(self, op: str, progress: Progress | None = None, **args):
+        self._send({"type": "call", "op": op, "args": args})
+        while True:
+            msg = self._recv()
+            if msg["type"] == "progress":
+                if progress:
+                    progress(msg)
+            elif msg["type"] == "result":
+                return msg.get("value")
+            elif msg["type"] == "error":
+                raise _error_from(msg, self.host.name)
+            else:
+                raise framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
+
+    def close(self) -> None:
+        try:
+            framing.send(self.proc.stdin, {"type": "bye"})
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:  # a stuck agent is killed rather than waited on forever
+            self.proc.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+
+    def __enter__(self) -> "AgentSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
