@@ -241,16 +241,20 @@ def docker_client(h: LabHost, timeout: int = 60):
 
 
 def _docker_get(h: LabHost, path: str, timeout: float = 5.0) -> dict | None:
-    """GET a Docker API path over the host's socket; None when the daemon does not answer or says no.
+    return docker_get(h.docker_socket, path, timeout)
+
+
+def docker_get(sock: Path, path: str, timeout: float = 5.0) -> dict | None:
+    """GET a Docker API path over a daemon's socket; None when the daemon does not answer or says no.
 
     A bare HTTP/1.0 request rather than the SDK: probing a dead daemon must not leak connections.
     """
-    if not h.docker_socket.exists():
+    if not sock.exists():
         return None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(str(h.docker_socket))
+            s.connect(str(sock))
             s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
             data = b""
             while chunk := s.recv(65536):

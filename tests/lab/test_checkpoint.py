@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -216,3 +217,33 @@ def test_failed_checkpoint_leaves_the_container_running_and_quotes_criu_log(dock
     before = docker_a.logs(name)
     docker_a.wait_logs(name, lambda lines: len(lines) >= len(before) + 1)   # still counting
     assert cmigrate("-H", "hostA", "checkpoint", "ls", name).out.splitlines()[1:] == []
+
+
+@pytest.fixture
+def plain_dockerd(the_lab):
+    """A third dockerd on this machine, without --experimental (under the lab's dirs, so lab down cleans it)."""
+    import docker
+    data, run = lab.LAB_ROOT / "plain", lab.RUN_ROOT / "plain"
+    run.mkdir(parents=True, exist_ok=True)
+    sock = run / "docker.sock"
+    with open(lab.LAB_ROOT / "plain-dockerd.log", "ab") as log:
+        subprocess.run(["setsid", "--fork", "dockerd", "--data-root", str(data), "--exec-root", str(run),
+                        "-H", f"unix://{sock}", "--pidfile", str(run / "docker.pid"), "--bridge", "none",
+                        "--iptables=false", "--ip-masq=false"], stdout=log, stderr=log, check=True)
+    deadline = time.monotonic() + 60
+    while lab.docker_get(sock, "/version") is None:
+        assert time.monotonic() < deadline, "the plain dockerd did not start"
+        time.sleep(0.2)
+    client = docker.DockerClient(base_url=f"unix://{sock}", timeout=30)
+    client.api.import_image_from_data(lab.busybox_rootfs_tar(), repository="busybox", tag="latest")
+    client.containers.run("busybox", ["sleep", "1000"], name="plain", detach=True, network_mode="none")
+    yield f"unix://{sock}"
+    client.containers.get("plain").remove(force=True)
+    client.close()
+    pid = int((run / "docker.pid").read_text())
+    lab._kill(pid)
+
+
+def test_daemon_without_experimental_mode_is_refused(plain_dockerd):
+    res = cmigrate("checkpoint", "create", "plain", "c1", env={"DOCKER_HOST": plain_dockerd})
+    one_line_error(res, "not in experimental mode", "--experimental")
