@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from agents import rootfs
@@ -28,7 +27,6 @@ from transport.hosts import LocalHost
 
 META_DIR = "cmigrate"
 TEMP_PREFIX = "cmigrate-restore-"
-Emit = Callable[[dict], None]
 
 
 def _checkpoint_dir(args: dict) -> Path | None:
@@ -74,7 +72,7 @@ def _criu_failure(cls, what: str, exc: DockerError, container: str):
 
 
 # ---------------------------------------------------------------------- create
-def create(args: dict, emit: Emit) -> dict:
+def create(args: dict, ch) -> dict:
     container, name = args["container"], validate_checkpoint(args["name"])
     leave_running = bool(args.get("leave_running"))
     custom = _checkpoint_dir(args)
@@ -150,7 +148,7 @@ def _resume_after_failure(dk: Docker, info: dict, container: str, images: Path) 
 
 
 # ---------------------------------------------------------------------- ls / rm
-def list_checkpoints(args: dict, emit: Emit) -> list[dict]:
+def list_checkpoints(args: dict, ch) -> list[dict]:
     container = args["container"]
     custom = _checkpoint_dir(args)
     dk = Docker()
@@ -175,7 +173,7 @@ def list_checkpoints(args: dict, emit: Emit) -> list[dict]:
     return sorted(found, key=lambda c: c["created"])
 
 
-def remove(args: dict, emit: Emit) -> dict:
+def remove(args: dict, ch) -> dict:
     container, name = args["container"], validate_checkpoint(args["name"])
     custom = _checkpoint_dir(args)
     dk = Docker()
@@ -228,7 +226,7 @@ def _start_from(dk: Docker, info: dict, source: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def restore(args: dict, emit: Emit) -> dict:
+def restore(args: dict, ch) -> dict:
     container, name = args["container"], validate_checkpoint(args["name"])
     custom = _checkpoint_dir(args)
     dk = Docker()

@@ -17,14 +17,28 @@ from migrate.errors import AgentError, MigrationError
 from transport import framing
 
 PROTOCOL = 1
-Op = Callable[[dict, Callable[[dict], None]], object]
+
+
+class Channel:
+    """What an operation may use to talk back: progress events, and the raw streams for data frames."""
+
+    def __init__(self, stdin, stdout) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def emit(self, event: dict) -> None:
+        framing.send(self.stdout, {"type": "progress"} | event)
+
+
+Op = Callable[[dict, Channel], object]
 
 
 def operations() -> dict[str, Op]:
-    from agents import checkpoint
+    from agents import checkpoint, migration
     return {
-        "ping": lambda args, emit: {"pong": True},
+        "ping": lambda args, ch: {"pong": True},
         **checkpoint.OPERATIONS,
+        **migration.OPERATIONS,
     }
 
 
@@ -36,6 +50,14 @@ def error_message(exc: BaseException) -> dict:
 
 
 def serve(stdin, stdout, host_name: str) -> int:
+    from agents import migration
+    try:
+        return _serve(stdin, stdout, host_name)
+    finally:
+        migration.on_session_end()
+
+
+def _serve(stdin, stdout, host_name: str) -> int:
     try:
         hello = framing.recv(stdin)
     except (EOFError, framing.ProtocolError) as exc:
@@ -53,7 +75,7 @@ def serve(stdin, stdout, host_name: str) -> int:
     while True:
         try:
             msg = framing.recv(stdin)
-        except EOFError:
+        except (EOFError, OSError):
             return 0
         except framing.ProtocolError as exc:
             framing.send(stdout, error_message(exc))
@@ -64,9 +86,8 @@ def serve(stdin, stdout, host_name: str) -> int:
             framing.send(stdout, error_message(AgentError(f"unknown request {msg.get('type')}/{msg.get('op')}",
                                                           host=host_name)))
             continue
-        emit = lambda event: framing.send(stdout, {"type": "progress"} | event)  # noqa: E731
         try:
-            value = ops[msg["op"]](msg.get("args") or {}, emit)
+            value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout))
             framing.send(stdout, {"type": "result", "value": value})
         except Exception as exc:  # every failure goes back to the CLI as a typed error
             if isinstance(exc, MigrationError) and exc.host is None:

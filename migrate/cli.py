@@ -161,13 +161,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Bars:
+    """tqdm progress bars for the library's progress events (bytes, rate, ETA), one per transfer."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+        kind = event.get("event")
+        if kind == "transfer":
+            self.bars[event["what"]] = tqdm(total=event.get("total") or None, unit="B", unit_scale=True,
+                                            unit_divisor=1024, desc=event["what"], file=sys.stderr, leave=False)
+        elif kind == "bytes" and event["what"] in self.bars:
+            self.bars[event["what"]].update(event["bytes"])
+        elif kind == "transfer-done" and event["what"] in self.bars:
+            self.bars.pop(event["what"]).close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def build_migrate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cmigrate", parents=[_common(sub=False)],
+        usage="cmigrate [options] CONTAINER SOURCE DESTINATION\n       cmigrate COMMAND ...",
+        description="Live-migrate the running CONTAINER from host SOURCE to host DESTINATION. Hosts are 'local' "
+                    "or SSH host names. Other commands: " + ", ".join(COMMANDS) + " (cmigrate COMMAND --help).")
+    p.add_argument("--version", action="version", version=f"cmigrate {__version__}")
+    p.add_argument("container")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.add_argument("--mode", default="auto", choices=("auto", "stop-copy"),
+                   help="how memory moves (default auto: the best mode both hosts support)")
+    p.add_argument("--level", type=int, default=3, help="zstd compression level 1..19 (default 3)")
+    p.add_argument("--threads", type=int, default=-1, help="zstd threads (default: all cores)")
+    p.add_argument("--keep-source", action="store_true",
+                   help="leave the source container stopped with its checkpoint instead of removing it")
+    p.add_argument("--io-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up when a host sends nothing for this long during a transfer (default 120)")
+    return p
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from migrate.migration import migrate
+    bars = Bars(not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        report = migrate(args.container, args.source, args.destination, ssh_config=args.ssh_config,
+                         mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
+                         io_timeout=args.io_timeout, progress=bars)
+    finally:
+        bars.close()
+    if args.json:
+        print(report.to_json())
+    elif not args.quiet:
+        print(report.human())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    positional = [a for a in argv if not a.startswith("-")]
+    is_command = bool(positional) and positional[0] in COMMANDS
+    if not is_command and len(positional) >= 3:
+        args = build_migrate_parser().parse_args(argv)
+        args.func = cmd_migrate
+        return _dispatch(args)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_usage(sys.stderr)
         return 2
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except MigrationError as exc:

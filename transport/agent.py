@@ -97,7 +97,15 @@ class AgentSession:
         self.remote = answer
 
     def call(self, op: str, progress: Progress | None = None, **args):
+        self.start(op, **args)
+        return self.wait(progress)
+
+    def start(self, op: str, **args) -> None:
+        """Send a call without waiting for its answer (``wait`` collects it)."""
         self._send({"type": "call", "op": op, "args": args})
+
+    def wait(self, progress: Progress | None = None):
+        """The answer to the call in flight."""
         while True:
             msg = self._recv()
             if msg["type"] == "progress":
@@ -109,6 +117,65 @@ class AgentSession:
                 raise _error_from(msg, self.host.name)
             else:
                 raise framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
+
+    def set_timeout(self, seconds: float | None) -> None:
+        """Give up on a silent peer after ``seconds`` (over SSH; a local agent cannot lose its link)."""
+        chan = getattr(self.proc, "chan", None)
+        if chan is not None:
+            chan.settimeout(seconds)
+
+    def relay(self, op: str, dest: "AgentSession", dest_op: str, dest_args: dict,
+              on_bytes: Callable[[int], None] | None = None, **args):
+        """Run ``op`` here and ``dest_op`` on ``dest``, forwarding this agent's data frames to ``dest`` as they
+        come, untouched. The stream ends with an ``end`` message carrying this side's result (its manifest), or
+        ``abort``. Returns (this side's result, dest's result)."""
+        dest.start(dest_op, **dest_args)
+        self.start(op, **args)
+        result = error = None
+        while True:
+            try:
+                kind, payload = framing.read_frame(self.proc.stdout)
+            except framing.ProtocolError:
+                raise
+            except (EOFError, OSError) as exc:
+                error = self._lost(exc)
+                break
+            if kind == framing.DATA:
+                if error is None:   # once dest is gone, keep reading so this agent can finish and answer
+                    try:
+                        framing.write_frame(dest.proc.stdin, framing.DATA, payload)
+                        if on_bytes:
+                            on_bytes(len(payload))
+                    except (OSError, ValueError) as exc:
+                        error = dest._lost(exc)
+                continue
+            msg = framing.decode(payload)
+            if msg["type"] == "progress":
+                continue
+            if msg["type"] == "result":
+                result = msg.get("value")
+            elif msg["type"] == "error":
+                error = error or _error_from(msg, self.host.name)
+            else:
+                error = framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
+            break
+        if error is None:
+            try:
+                framing.send(dest.proc.stdin, {"type": "end", "manifest": (result or {}).get("manifest", {})})
+            except (OSError, ValueError) as exc:
+                error = dest._lost(exc)
+        else:
+            try:
+                framing.send(dest.proc.stdin, {"type": "abort"})
+            except (OSError, ValueError):
+                pass
+        try:
+            dest_result = dest.wait()
+        except MigrationError as exc:
+            raise (error or exc) from exc
+        if error is not None:
+            raise error
+        return result, dest_result
 
     def close(self) -> None:
         try:

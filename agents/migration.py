@@ -1,0 +1,426 @@
+"""The two ends of a migration, as agent operations.
+
+Source (``source.*``): inspect the container, send its image, freeze and dump it, send images + writable layer +
+volumes, then either remove it (after the destination runs) or resume it from the same images (rollback).
+Destination (``dest.*``): preflight, receive the image, create the container before the freeze, receive and verify
+the files, restore. Until the CLI says ``dest.commit``, whatever the destination made is provisional: if the
+session ends first (the CLI died, the link was cut), the destination agent removes it by itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import zstandard
+
+from agents import rootfs
+from agents.checkpoint import META_DIR, _criu_failure, _lock_down, _start_from
+from agents.dockerd import Docker
+from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
+                            TransportError)
+from migrate.hostinfo import require_criu
+from transport import framing, streams
+from transport.hosts import LocalHost
+
+WORK_ROOT = Path(os.environ.get("CMIGRATE_WORK_ROOT", "/var/lib/cmigrate/migrations"))
+IMAGES = "images"          # archive prefix of the checkpoint directory
+CHECKPOINT = "migration"   # Docker's name for the checkpoint inside the work dir
+UNSUPPORTED_MODES = ("container:",)
+
+
+def _workdir(migration_id: str, role: str, create: bool = False) -> Path:
+    """``<WORK_ROOT>/<id>-<role>``: the role keeps the two ends apart where hosts share a disk (the lab)."""
+    if not migration_id.isalnum():
+        raise PreflightError(f"invalid migration id {migration_id!r}")
+    path = WORK_ROOT / f"{migration_id}-{role}"
+    if create:
+        WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    return path
+
+
+def _host() -> LocalHost:
+    return LocalHost(os.environ.get("CMIGRATE_HOST", "local"))
+
+
+def _memory_bytes(cid: str) -> int:
+    for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes",
+                 f"/sys/fs/cgroup/docker/{cid}/memory.current"):
+        try:
+            return int(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# ====================================================================== source
+def source_inspect(args: dict, ch) -> dict:
+    container = args["container"]
+    dk = Docker()
+    try:
+        info = dk.inspect(container)
+        state = info["State"]
+        if not state.get("Running"):
+            raise PreflightError(f"container {container} is not running", container=container)
+        if state.get("Paused"):
+            raise PreflightError(f"container {container} is paused: unpause it first", container=container)
+        dk.require_experimental()
+        criu = require_criu(_host())
+        hc = info["HostConfig"]
+        mode = hc.get("NetworkMode") or ""
+        if mode.startswith(UNSUPPORTED_MODES) or hc.get("VolumesFrom") or hc.get("Links"):
+            raise PreflightError(f"container {container} shares another container's namespace, volumes or links; "
+                                 "move those together (not supported yet)", container=container)
+        upper = rootfs.upper_dir(info)
+        image = dk.client.images.get(info["Image"]).attrs
+        volumes = []
+        for m in info.get("Mounts", []):
+            if m["Type"] == "volume":
+                if m.get("Driver", "local") != "local":
+                    raise PreflightError(f"volume {m['Name']} uses driver {m['Driver']}: only local volumes move",
+                                         container=container)
+                volumes.append({"name": m["Name"], "destination": m["Destination"], "source": m["Source"],
+                                "bytes": _du(Path(m["Source"]))})
+        binds = [m["Source"] for m in info.get("Mounts", []) if m["Type"] == "bind"]
+        return {
+            "id": info["Id"], "name": info["Name"].lstrip("/"), "config": info["Config"], "host_config": hc,
+            "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),
+            "image_id": info["Image"], "image_name": info["Config"]["Image"],
+            "image_layers": (image.get("RootFS") or {}).get("Layers") or [],
+            "image_bytes": image.get("Size", 0), "volumes": volumes, "binds": binds,
+            "memory_bytes": _memory_bytes(info["Id"]), "upper_bytes": _du(upper),
+            "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"),
+        }
+    finally:
+        dk.close()
+
+
+def source_send_image(args: dict, ch) -> dict:
+    """``docker save`` -> zstd -> data frames."""
+    dk = Docker()
+    try:
+        writer = streams.FrameWriter(ch.stdout)
+        raw = 0
+        cctx = zstandard.ZstdCompressor(level=args.get("level", 3), threads=args.get("threads", -1))
+        try:
+            with cctx.stream_writer(writer, closefd=False) as z:
+                for chunk in dk.api.get_image(args["image"], chunk_size=streams.CHUNK):
+                    z.write(chunk)
+                    raw += len(chunk)
+        except MigrationError:
+            raise
+        except Exception as exc:  # docker-py / requests errors mid-stream
+            raise DockerError(f"docker save {args['image']} failed: {exc}") from exc
+        writer.flush()
+        return {"raw_bytes": raw, "wire_bytes": writer.sent}
+    finally:
+        dk.close()
+
+
+def source_dump(args: dict, ch) -> dict:
+    """Freeze and dump: pause, checkpoint with exit, save the writable layer. The container is stopped after."""
+    cid = args["container_id"]
+    work = _workdir(args["migration_id"], "src", create=True)
+    dk = Docker()
+    try:
+        info = dk.inspect(cid)
+        upper = rootfs.upper_dir(info)
+        t0 = time.time()
+        dk.pause(cid)
+        try:
+            dk.checkpoint_create(cid, CHECKPOINT, str(work), exit=True)
+        except DockerError as exc:
+            state = dk.inspect(cid)["State"]
+            if state.get("Paused"):
+                dk.unpause(cid)
+            elif not state.get("Running") and (work / CHECKPOINT / "inventory.img").exists():
+                _start_from(dk, info, work / CHECKPOINT)
+            shutil.rmtree(work, ignore_errors=True)
+            raise _criu_failure(CheckpointError, "checkpoint", exc, info["Name"].lstrip("/")) from exc
+        t_dumped = time.time()
+        images = work / CHECKPOINT
+        layer = rootfs.save(upper, images / META_DIR / "rootfs.tar")
+        (images / META_DIR / "meta.json").write_text(json.dumps({"container_id": cid, "rootfs": layer}))
+        _lock_down(work)
+        return {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
+                "images_bytes": _du(images)}
+    finally:
+        dk.close()
+
+
+def source_send(args: dict, ch) -> dict:
+    work = _workdir(args["migration_id"], "src")
+    sources = [streams.Source(work / CHECKPOINT, IMAGES)]
+    for i, vol in enumerate(args.get("volumes", [])):
+        sources.append(streams.Source(Path(vol["source"]), f"vol{i}"))
+    return streams.send_tree(sources, ch.stdout, level=args.get("level", 3), threads=args.get("threads", -1))
+
+
+def source_resume(args: dict, ch) -> dict:
+    """Rollback: the container runs again on the source, from the images it was dumped to."""
+    cid = args["container_id"]
+    work = _workdir(args["migration_id"], "src")
+    dk = Docker()
+    try:
+        info = dk.inspect(cid)
+        if info["State"].get("Paused"):
+            dk.unpause(cid)
+        elif not info["State"].get("Running"):
+            _start_from(dk, info, work / CHECKPOINT)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"running": dk.inspect(cid)["State"].get("Running", False)}
+    finally:
+        dk.close()
+
+
+def source_finish(args: dict, ch) -> dict:
+    """After the destination runs: remove the stopped source container, or keep it with its checkpoint."""
+    cid = args["container_id"]
+    work = _workdir(args["migration_id"], "src")
+    dk = Docker()
+    try:
+        if args.get("keep"):
+            info = dk.inspect(cid)
+            name = "migrated-" + time.strftime("%Y%m%d-%H%M%S")
+            dest = dk.root_dir / "containers" / info["Id"] / "checkpoints" / name
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.rename(work / CHECKPOINT, dest)
+            shutil.rmtree(work, ignore_errors=True)
+            return {"kept": True, "checkpoint": name}
+        dk._do("remove the source container", dk.api.remove_container, cid, v=True, container=cid)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"kept": False}
+    finally:
+        dk.close()
+
+
+# ====================================================================== destination
+class _Pending:
+    """What this destination agent made for a migration that is not committed yet."""
+
+    container_id: str | None = None
+    migration_id: str | None = None
+    volumes: list[str] = []
+    committed = True
+
+
+PENDING = _Pending()
+
+
+def _image_match(dk: Docker, image_id: str, name: str, layers: list[str]) -> str | None:
+    """The reference to create the container from on this host, if it has the same image (or the same layers)."""
+    try:
+        dk.client.images.get(image_id)
+        return image_id if name.startswith("sha256:") else _same_name(dk, name, image_id) or image_id
+    except Exception:  # docker.errors.ImageNotFound and friends: look by name and content
+        pass
+    try:
+        local = dk.client.images.get(name).attrs
+    except Exception:
+        return None
+    return name if ((local.get("RootFS") or {}).get("Layers") or []) == layers and layers else None
+
+
+def _same_name(dk: Docker, name: str, image_id: str) -> str | None:
+    try:
+        return name if dk.client.images.get(name).id == image_id else None
+    except Exception:
+        return None
+
+
+def dest_preflight(args: dict, ch) -> dict:
+    name = args["name"]
+    dk = Docker()
+    try:
+        dk.require_experimental()
+        criu = require_criu(_host())
+        if dk.exists(name):
+            raise PreflightError(f"a container named {name} already exists", container=name,
+                                 hint="remove or rename it there first")
+        missing = [b for b in args.get("binds", []) if not os.path.exists(b)]
+        if missing:
+            raise PreflightError(f"bind-mount source {missing[0]} does not exist", container=name,
+                                 hint="create it (with the same content) before migrating")
+        for net in args.get("networks", []):
+            if net not in ("bridge", "host", "none") and not dk.client.networks.list(names=[net]):
+                raise PreflightError(f"network {net} does not exist", container=name,
+                                     hint=f"create it first: docker network create {net}")
+        for vol in args.get("named_volumes", []):
+            if dk.client.volumes.list(filters={"name": f"^{vol}$"}):
+                raise PreflightError(f"volume {vol} already exists", container=name,
+                                     hint="remove it there, or migrate into a host without it")
+        need = int(args.get("bytes_needed", 0))
+        for path in (dk.root_dir, WORK_ROOT if WORK_ROOT.exists() else WORK_ROOT.parent.parent):
+            st = os.statvfs(path)
+            free = st.f_bavail * st.f_frsize
+            if free < need:
+                raise PreflightError(f"not enough disk at {path}: {free // 2**20} MiB free, "
+                                     f"{need // 2**20} MiB needed", container=name)
+        image = _image_match(dk, args["image_id"], args["image_name"], args.get("image_layers", []))
+        return {"image": image, "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion")}
+    finally:
+        dk.close()
+
+
+def dest_receive_image(args: dict, ch) -> dict:
+    reader = streams.FrameReader(ch.stdin)
+    dk = Docker()
+    try:
+        dctx = zstandard.ZstdDecompressor()
+
+        def chunks():
+            with dctx.stream_reader(reader, closefd=False) as z:
+                while chunk := z.read(streams.CHUNK):
+                    yield chunk
+
+        try:
+            for _ in dk.api.load_image(chunks()):
+                pass
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise DockerError(f"docker load failed: {exc}") from exc
+        end = reader.drain()
+        if end.get("type") != "end":
+            raise TransportError("the image stream was aborted")
+        dk.client.images.get(args["image_id"])
+        return {"wire_bytes": reader.received}
+    finally:
+        dk.close()
+
+
+def dest_create(args: dict, ch) -> dict:
+    """Create (not start) the container with the source's configuration, before the freeze."""
+    config = dict(args["config"])
+    config["Image"] = args["image"]
+    config["HostConfig"] = args["host_config"]
+    name = args["name"]
+    networks = args.get("networks") or []
+    if len(networks) > 1 or (networks and networks[0] not in ("bridge", "host", "none")):
+        config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: {}}}
+    dk = Docker()
+    try:
+        before = {v.name for v in dk.client.volumes.list()}
+        resp = dk.api.post(dk.api._url("/containers/create"), params={"name": name}, json=config)
+        dk._check(resp, f"create container {name}", name)
+        cid = resp.json()["Id"]
+        PENDING.container_id, PENDING.migration_id, PENDING.committed = cid, args["migration_id"], False
+        PENDING.volumes = sorted({v.name for v in dk.client.volumes.list()} - before)
+        _workdir(args["migration_id"], "dst", create=True)
+        info = dk.inspect(cid)
+        mounts = {m["Destination"]: m["Source"] for m in info.get("Mounts", []) if m["Type"] == "volume"}
+        return {"id": cid, "volume_sources": mounts}
+    finally:
+        dk.close()
+
+
+def dest_receive(args: dict, ch) -> dict:
+    work = _workdir(args["migration_id"], "dst")
+    targets = {IMAGES: work / CHECKPOINT}
+    for i, src in enumerate(args.get("volume_sources", [])):
+        targets[f"vol{i}"] = Path(src)
+    (work / CHECKPOINT).mkdir(mode=0o700, exist_ok=True)
+    reader = streams.FrameReader(ch.stdin)
+    try:
+        written = streams.receive_tree(reader, targets)
+    except MigrationError:
+        reader.drain()
+        raise
+    except (OSError, zstandard.ZstdError) as exc:
+        reader.drain()
+        raise TransportError(f"the transfer stream is corrupt: {exc}") from exc
+    end = reader.drain()
+    if end.get("type") != "end":
+        raise TransportError("the transfer was aborted by the sender")
+    streams.verify(end.get("manifest") or {}, written)
+    return {"files": len(written), "wire_bytes": reader.received}
+
+
+def dest_restore(args: dict, ch) -> dict:
+    cid = args["container_id"]
+    work = _workdir(args["migration_id"], "dst")
+    images = work / CHECKPOINT
+    dk = Docker()
+    try:
+        info = dk.inspect(cid)
+        layer = images / META_DIR / "rootfs.tar"
+        replaced = rootfs.Replaced(rootfs.upper_dir(info), layer) if layer.exists() else None
+        try:
+            _start_from(dk, info, images)
+        except DockerError as exc:
+            raise _criu_failure(RestoreError, "restore", exc, info["Name"].lstrip("/")) from exc
+        if replaced:
+            replaced.commit()
+        if not dk.inspect(cid)["State"].get("Running"):
+            raise RestoreError("the container stopped right after its restore", container=cid)
+        return {"running_at": time.time()}
+    finally:
+        dk.close()
+
+
+def dest_commit(args: dict, ch) -> dict:
+    shutil.rmtree(_workdir(args["migration_id"], "dst"), ignore_errors=True)
+    PENDING.committed = True
+    return {"committed": True}
+
+
+def dest_discard(args: dict | None = None, ch=None) -> dict:
+    """Remove what this migration made here: the container, volumes it created, received files."""
+    removed = []
+    if PENDING.container_id:
+        dk = Docker()
+        try:
+            try:
+                dk.api.remove_container(PENDING.container_id, force=True, v=True)
+                removed.append(PENDING.container_id)
+            except Exception:  # already gone
+                pass
+            for vol in PENDING.volumes:
+                try:
+                    dk.api.remove_volume(vol, force=True)
+                except Exception:
+                    pass
+        finally:
+            dk.close()
+    if PENDING.migration_id:
+        shutil.rmtree(_workdir(PENDING.migration_id, "dst"), ignore_errors=True)
+    PENDING.container_id = PENDING.migration_id = None
+    PENDING.committed = True
+    return {"removed": removed}
+
+
+def on_session_end() -> None:
+    """The CLI went away before committing: nothing of this migration may stay on the destination."""
+    if not PENDING.committed:
+        dest_discard()
+
+
+OPERATIONS = {
+    "source.inspect": source_inspect,
+    "source.send_image": source_send_image,
+    "source.dump": source_dump,
+    "source.send": source_send,
+    "source.resume": source_resume,
+    "source.finish": source_finish,
+    "dest.preflight": dest_preflight,
+    "dest.receive_image": dest_receive_image,
+    "dest.create": dest_create,
+    "dest.receive": dest_receive,
+    "dest.restore": dest_restore,
+    "dest.commit": dest_commit,
+    "dest.discard": dest_discard,
+}

@@ -1,0 +1,244 @@
+"""Live migration of one container from a source host to a destination host (stop-and-copy).
+
+The state machine, and what a failure in each state leaves behind:
+
+    preflight   both hosts checked; nothing touched              -> nothing to undo
+    prepared    image present on DST, DST container created       -> DST container removed
+    frozen      SRC container dumped and stopped                  -> DST removed, SRC resumed from its images
+    restored    DST container runs from the checkpoint            -> (commit point) DST keeps it
+    committed   SRC container removed (or kept stopped)           -> done
+
+Everything that can happen before the freeze does (SSH sessions, image transfer, container creation), so the
+freeze covers only dump, transfer and restore.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from migrate.errors import MigrationError, RollbackError, UsageError
+from migrate.hosts import open_host
+from migrate.names import validate_container, validate_host
+from transport.agent import AgentSession
+
+Progress = Callable[[dict], None]
+MODES = ("stop-copy", "auto")
+
+
+@dataclass
+class Report:
+    """What a migration did and how long each part took (seconds, bytes)."""
+
+    container: str
+    source: str
+    destination: str
+    migration_id: str
+    mode: str = "stop-copy"
+    phases: dict[str, float] = field(default_factory=dict)
+    downtime: float = 0.0
+    frozen_dump: float = 0.0
+    raw_bytes: int = 0
+    wire_bytes: int = 0
+    image_transferred: bool = False
+    image_wire_bytes: int = 0
+    memory_bytes: int = 0
+    destination_id: str = ""
+    kept_source: bool = False
+    source_checkpoint: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.wire_bytes if self.wire_bytes else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"compression_ratio": round(self.ratio, 3)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def human(self) -> str:
+        mib = 2 ** 20
+        lines = [f"migrated {self.container}: {self.source} -> {self.destination} ({self.mode})"]
+        lines += [f"  {name:<10} {secs * 1000:8.0f} ms" for name, secs in self.phases.items()]
+        lines.append(f"  downtime   {self.downtime * 1000:8.0f} ms  (frozen on {self.source} -> running on "
+                     f"{self.destination})")
+        lines.append(f"  bytes      {self.raw_bytes / mib:.1f} MiB raw, {self.wire_bytes / mib:.1f} MiB on the wire "
+                     f"(ratio {self.ratio:.2f})")
+        if self.image_transferred:
+            lines.append(f"  image      transferred ({self.image_wire_bytes / mib:.1f} MiB on the wire)")
+        if self.kept_source:
+            lines.append(f"  source     kept stopped on {self.source} with checkpoint {self.source_checkpoint}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
+            mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
+            io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None) -> Report:
+    """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
+
+    Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
+    :class:`MigrationError` subclass on failure, after putting the container back on the source.
+    """
+    container = validate_container(container)
+    validate_host(source)
+    validate_host(destination)
+    if source == destination:
+        raise UsageError(f"source and destination are the same host ({source})")
+    if mode not in MODES:
+        raise UsageError(f"mode {mode!r} is not available: choose from {', '.join(MODES)}")
+    if not 1 <= level <= 19:
+        raise UsageError(f"compression level {level} is out of range 1..19")
+    emit = progress or (lambda event: None)
+    return _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout,
+                      emit, agent).run()
+
+
+class _Migration:
+    def __init__(self, container, source, destination, ssh_config, level, threads, keep_source, io_timeout,
+                 emit, agent) -> None:
+        self.container, self.src_name, self.dst_name = container, source, destination
+        self.ssh_config, self.level, self.threads = ssh_config, level, threads
+        self.keep_source, self.io_timeout, self.emit, self.agent = keep_source, io_timeout, emit, agent
+        self.id = uuid.uuid4().hex[:16]
+        self.report = Report(container, source, destination, self.id)
+        self.state = "init"
+        self.src = self.dst = None
+        self.hosts = []
+        self.src_info: dict = {}
+        self.dst_id: str | None = None
+
+    def phase(self, name: str, t0: float) -> None:
+        self.report.phases[name] = time.monotonic() - t0
+        self.emit({"event": "phase-done", "phase": name, "seconds": self.report.phases[name]})
+
+    def _open(self, name: str) -> AgentSession:
+        host = open_host(name, self.ssh_config)
+        self.hosts.append(host)
+        return AgentSession(host, self.agent)
+
+    def run(self) -> Report:
+        try:
+            self._run()
+            return self.report
+        except BaseException as exc:
+            self._rollback(exc)
+            raise
+        finally:
+            for session in (self.src, self.dst):
+                if session is not None:
+                    session.close()
+            for host in self.hosts:
+                host.close()
+
+    def _run(self) -> None:
+        r = self.report
+        t = time.monotonic()
+        self.emit({"event": "phase", "phase": "preflight"})
+        self.src = self._open(self.src_name)
+        self.dst = self._open(self.dst_name)
+        info = self.src_info = self.src.call("source.inspect", container=self.container)
+        r.memory_bytes = info["memory_bytes"]
+        # room for the images, the writable layer, the volumes and (maybe) the image, with a margin
+        need = int(1.2 * (info["memory_bytes"] + info["upper_bytes"] + sum(v["bytes"] for v in info["volumes"])
+                          + info["image_bytes"]))
+        pre = self.dst.call("dest.preflight", name=info["name"], image_id=info["image_id"],
+                            image_name=info["image_name"], image_layers=info["image_layers"], binds=info["binds"],
+                            networks=info["networks"], bytes_needed=need,
+                            named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64])
+        self.phase("preflight", t)
+
+        self.state = "prepared"
+        image = pre["image"]
+        if image is None:
+            t = time.monotonic()
+            ref = info["image_name"] if not info["image_name"].startswith("sha256:") else info["image_id"]
+            self.emit({"event": "transfer", "what": "image", "total": info["image_bytes"]})
+            self.src.set_timeout(self.io_timeout)
+            self.dst.set_timeout(self.io_timeout)
+            sent, _ = self.src.relay("source.send_image", self.dst, "dest.receive_image",
+                                     {"image_id": info["image_id"]}, self._bytes("image"), image=ref,
+                                     level=self.level, threads=self.threads)
+            r.image_transferred, r.image_wire_bytes = True, sent["wire_bytes"]
+            image = ref
+            self.emit({"event": "transfer-done", "what": "image"})
+            self.phase("image", t)
+        t = time.monotonic()
+        created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
+                                host_config=info["host_config"], networks=info["networks"],
+                                migration_id=self.id)
+        self.dst_id = r.destination_id = created["id"]
+        volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
+        self.phase("create", t)
+
+        # ---- the freeze: from here until the destination runs, the container is down
+        self.state = "frozen"
+        self.emit({"event": "phase", "phase": "dump"})
+        t_freeze = time.monotonic()
+        dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
+        r.frozen_dump = dump["dump_seconds"]
+        self.phase("dump", t_freeze)
+        t = time.monotonic()
+        self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
+                   sum(v["bytes"] for v in info["volumes"])})
+        self.src.set_timeout(self.io_timeout)
+        self.dst.set_timeout(self.io_timeout)
+        sent, _ = self.src.relay("source.send", self.dst, "dest.receive",
+                                 {"migration_id": self.id, "volume_sources": volume_sources},
+                                 self._bytes("checkpoint"), migration_id=self.id,
+                                 volumes=[{"source": v["source"]} for v in info["volumes"]],
+                                 level=self.level, threads=self.threads)
+        self.src.set_timeout(None)
+        self.dst.set_timeout(None)
+        r.raw_bytes, r.wire_bytes = sent["raw_bytes"], sent["wire_bytes"]
+        self.emit({"event": "transfer-done", "what": "checkpoint"})
+        self.phase("transfer", t)
+        t = time.monotonic()
+        self.emit({"event": "phase", "phase": "restore"})
+        self.dst.call("dest.restore", container_id=self.dst_id, migration_id=self.id)
+        r.downtime = time.monotonic() - t_freeze
+        self.phase("restore", t)
+        self.state = "restored"
+
+        # ---- commit point: the destination keeps the container; the source lets go of it
+        self.dst.call("dest.commit", migration_id=self.id)
+        self.state = "committed"
+        t = time.monotonic()
+        try:
+            fin = self.src.call("source.finish", container_id=info["id"], migration_id=self.id,
+                                keep=self.keep_source)
+            r.kept_source, r.source_checkpoint = fin["kept"], fin.get("checkpoint")
+        except MigrationError as exc:
+            r.warnings.append(f"the container runs on {self.dst_name}, but its stopped copy on {self.src_name} "
+                              f"could not be cleaned up: {exc.line()}")
+        self.phase("finish", t)
+
+    def _bytes(self, what: str):
+        return lambda n: self.emit({"event": "bytes", "what": what, "bytes": n})
+
+    def _rollback(self, exc: BaseException) -> None:
+        if self.state in ("init", "committed"):
+            return
+        problems = []
+        if self.dst is not None and self.state in ("prepared", "frozen"):
+            try:
+                self.dst.call("dest.discard")
+            except MigrationError as e:
+                # the destination agent removes its provisional container by itself when its session ends
+                problems.append(f"{self.dst_name}: {e.message}")
+        if self.state == "frozen" and self.src is not None:
+            try:
+                self.src.set_timeout(None)
+                self.src.call("source.resume", container_id=self.src_info["id"], migration_id=self.id)
+                if isinstance(exc, MigrationError):
+                    exc.hint = (exc.hint + "; " if exc.hint else "") + \
+                        f"rolled back: {self.container} runs on {self.src_name} again"
+            except MigrationError as e:
+                raise RollbackError(
+                    f"migration failed ({exc}) and {self.container} could not be resumed on {self.src_name}: "
+                    f"{e.message}", host=self.src_name, container=self.container,
+                    hint="its checkpoint is kept there; run 'cmigrate recover' once the host is reachable") from exc
