@@ -7,6 +7,7 @@ and one ``result`` or ``error``. Logs go to stderr; stdout carries frames only.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import traceback
@@ -17,6 +18,25 @@ from migrate.errors import AgentError, MigrationError
 from transport import framing
 
 PROTOCOL = 1
+
+
+class SessionLost(AgentError):
+    """The CLI stopped talking mid-operation: this agent cleans up and exits."""
+
+
+class FdReader:
+    """Unbuffered reads from a file descriptor, with an optional timeout (``timeout`` seconds, None: wait)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.timeout: float | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.timeout is not None:
+            ready, _, _ = select.select([self.fd], [], [], self.timeout)
+            if not ready:
+                raise SessionLost(f"no data from the CLI for {self.timeout:g} s: the link is gone")
+        return os.read(self.fd, n if n > 0 else 1 << 20)
 
 
 class Channel:
@@ -93,6 +113,8 @@ def _serve(stdin, stdout, host_name: str) -> int:
             if isinstance(exc, MigrationError) and exc.host is None:
                 exc.host = host_name
             framing.send(stdout, error_message(exc))
+            if isinstance(exc, SessionLost):
+                return 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     host_name = os.environ.get("CMIGRATE_HOST") or socket.gethostname()
     stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr   # nothing but frames may reach the real stdout
-    return serve(sys.stdin.buffer, stdout, host_name)
+    return serve(FdReader(sys.stdin.fileno()), stdout, host_name)
 
 
 if __name__ == "__main__":

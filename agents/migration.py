@@ -25,19 +25,31 @@ from migrate.hostinfo import require_criu
 from transport import framing, streams
 from transport.hosts import LocalHost
 
-WORK_ROOT = Path(os.environ.get("CMIGRATE_WORK_ROOT", "/var/lib/cmigrate/migrations"))
+WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory
 CHECKPOINT = "migration"   # Docker's name for the checkpoint inside the work dir
 UNSUPPORTED_MODES = ("container:",)
 
 
+def work_root() -> Path:
+    """Where migrations keep their files on this host: ``$CMIGRATE_WORK_ROOT`` or beside Docker's own data."""
+    if os.environ.get("CMIGRATE_WORK_ROOT"):
+        return Path(os.environ["CMIGRATE_WORK_ROOT"])
+    dk = Docker()
+    try:
+        return dk.root_dir / WORK_DIR
+    finally:
+        dk.close()
+
+
 def _workdir(migration_id: str, role: str, create: bool = False) -> Path:
-    """``<WORK_ROOT>/<id>-<role>``: the role keeps the two ends apart where hosts share a disk (the lab)."""
+    """``<work root>/<id>-<role>``: the role keeps the two ends apart where hosts share a disk."""
     if not migration_id.isalnum():
         raise PreflightError(f"invalid migration id {migration_id!r}")
-    path = WORK_ROOT / f"{migration_id}-{role}"
+    root = work_root()
+    path = root / f"{migration_id}-{role}"
     if create:
-        WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.mkdir(mode=0o700)
     return path
 
@@ -93,6 +105,11 @@ def source_inspect(args: dict, ch) -> dict:
                 if m.get("Driver", "local") != "local":
                     raise PreflightError(f"volume {m['Name']} uses driver {m['Driver']}: only local volumes move",
                                          container=container)
+                users = [c.name for c in dk.client.containers.list(all=True, filters={"volume": m["Name"]})
+                         if c.id != info["Id"]]
+                if users:
+                    raise PreflightError(f"volume {m['Name']} is also used by container {users[0]}: it cannot move "
+                                         "without it", container=container)
                 volumes.append({"name": m["Name"], "destination": m["Destination"], "source": m["Source"],
                                 "bytes": _du(Path(m["Source"]))})
         binds = [m["Source"] for m in info.get("Mounts", []) if m["Type"] == "bind"]
@@ -198,10 +215,16 @@ def source_finish(args: dict, ch) -> dict:
             name = "migrated-" + time.strftime("%Y%m%d-%H%M%S")
             dest = dk.root_dir / "containers" / info["Id"] / "checkpoints" / name
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.rename(work / CHECKPOINT, dest)
+            shutil.move(work / CHECKPOINT, dest)
             shutil.rmtree(work, ignore_errors=True)
             return {"kept": True, "checkpoint": name}
+        named = [m["Name"] for m in dk.inspect(cid).get("Mounts", []) if m["Type"] == "volume"]
         dk._do("remove the source container", dk.api.remove_container, cid, v=True, container=cid)
+        for vol in named:   # their data moved with the container (anonymous ones went with v=True)
+            try:
+                dk.api.remove_volume(vol)
+            except Exception:  # already gone with the container
+                pass
         shutil.rmtree(work, ignore_errors=True)
         return {"kept": False}
     finally:
@@ -264,7 +287,7 @@ def dest_preflight(args: dict, ch) -> dict:
                 raise PreflightError(f"volume {vol} already exists", container=name,
                                      hint="remove it there, or migrate into a host without it")
         need = int(args.get("bytes_needed", 0))
-        for path in (dk.root_dir, WORK_ROOT if WORK_ROOT.exists() else WORK_ROOT.parent.parent):
+        for path in (dk.root_dir,):
             st = os.statvfs(path)
             free = st.f_bavail * st.f_frsize
             if free < need:
@@ -335,19 +358,38 @@ def dest_receive(args: dict, ch) -> dict:
         targets[f"vol{i}"] = Path(src)
     (work / CHECKPOINT).mkdir(mode=0o700, exist_ok=True)
     reader = streams.FrameReader(ch.stdin)
+    _watch_link(ch, args)
     try:
         written = streams.receive_tree(reader, targets)
-    except MigrationError:
+    except MigrationError as exc:
+        if _link_lost(exc):
+            raise
         reader.drain()
         raise
     except (OSError, zstandard.ZstdError) as exc:
         reader.drain()
         raise TransportError(f"the transfer stream is corrupt: {exc}") from exc
     end = reader.drain()
+    if hasattr(ch.stdin, "timeout"):
+        ch.stdin.timeout = None
     if end.get("type") != "end":
         raise TransportError("the transfer was aborted by the sender")
     streams.verify(end.get("manifest") or {}, written)
     return {"files": len(written), "wire_bytes": reader.received}
+
+
+def _watch_link(ch, args: dict) -> None:
+    """While data flows in, silence for longer than the CLI's io_timeout means the link is gone."""
+    if hasattr(ch.stdin, "timeout"):
+        ch.stdin.timeout = args.get("io_timeout")
+
+
+def _link_lost(exc: BaseException) -> bool:
+    from agents.main import SessionLost
+    if isinstance(exc, SessionLost):
+        dest_discard()
+        return True
+    return False
 
 
 def dest_restore(args: dict, ch) -> dict:

@@ -223,9 +223,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+VALUE_OPTIONS = {"-H", "--host", "-F", "--ssh-config", "--mode", "--level", "--threads", "--io-timeout",
+                 "--checkpoint-dir", "--checkpoint"}
+
+
+def _positionals(argv: list[str]) -> list[str]:
+    """The words that are not options or option values (to tell ``cmigrate C SRC DST`` from a command)."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--":
+            continue
+        elif word.startswith("-"):
+            skip = word in VALUE_OPTIONS
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    positional = [a for a in argv if not a.startswith("-")]
+    positional = _positionals(argv)
     is_command = bool(positional) and positional[0] in COMMANDS
     if not is_command and len(positional) >= 3:
         args = build_migrate_parser().parse_args(argv)

@@ -276,9 +276,21 @@ def _docker_version(h: LabHost) -> str | None:
 
 
 # ---------------------------------------------------------------------- test image
+MEMHOG_SOURCE = Path(__file__).parent / "workloads" / "memhog.c"
+
+
+def build_memhog(out: Path) -> bytes:
+    """The memory workload (``memhog``), compiled static so it runs in the busybox image."""
+    _run(["cc", "-static", "-O2", "-o", str(out), str(MEMHOG_SOURCE)])
+    return out.read_bytes()
+
+
 def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
-    """A minimal root filesystem: busybox-static and a link per applet, built offline (no registry here)."""
+    """A minimal root filesystem, built offline (no registry here): busybox-static with a link per applet, and
+    the test workload ``memhog``."""
     applets = _run([busybox, "--list-full"]).out.split()
+    LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+    memhog = build_memhog(LAB_ROOT / "memhog")
     buf = io.BytesIO()
     now = int(time.time())
 
@@ -294,6 +306,7 @@ def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
             add(d, tarfile.DIRTYPE, 0o755)
         add("tmp", tarfile.DIRTYPE, 0o1777)
         add("bin/busybox", tarfile.REGTYPE, 0o755, Path(busybox).read_bytes())
+        add("bin/memhog", tarfile.REGTYPE, 0o755, memhog)
         for applet in applets:
             if applet != "bin/busybox":
                 add(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox")
@@ -452,7 +465,7 @@ def up(say: Say = lambda s: None) -> None:
     """Bring the lab up; a no-op when it already runs, a clean restart after a crash."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, dockerd)", hint="run as root")
-    for binary in ("ip", "nsenter", "ssh-keygen", DOCKERD, SSHD, "criu", "busybox"):
+    for binary in ("ip", "nsenter", "ssh-keygen", DOCKERD, SSHD, "criu", "busybox", "cc"):
         if _run(["sh", "-c", 'command -v "$1"', "sh", binary], check=False).status != 0:
             raise LabError(f"{binary} is not installed", hint="run ./install.sh first")
     if is_up():

@@ -188,7 +188,8 @@ class _Migration:
         self.src.set_timeout(self.io_timeout)
         self.dst.set_timeout(self.io_timeout)
         sent, _ = self.src.relay("source.send", self.dst, "dest.receive",
-                                 {"migration_id": self.id, "volume_sources": volume_sources},
+                                 {"migration_id": self.id, "volume_sources": volume_sources,
+                                  "io_timeout": self.io_timeout},
                                  self._bytes("checkpoint"), migration_id=self.id,
                                  volumes=[{"source": v["source"]} for v in info["volumes"]],
                                  level=self.level, threads=self.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from migrate import __version__, errors
@@ -12,6 +13,7 @@ from transport import framing
 from transport.hosts import Host, LocalHost, tail
 
 DEFAULT_AGENT = "cmigrate-agent"
+FINISH_TIMEOUT = 600.0
 Progress = Callable[[dict], None]
 
 
@@ -54,7 +56,7 @@ class AgentSession:
         except (OSError, ValueError):
             pass
 
-    def _lost(self, exc: BaseException) -> TransportError:
+    def _lost(self, exc: BaseException | str) -> TransportError:
         status = None
         try:
             status = self.proc.wait(timeout=2)
@@ -69,7 +71,8 @@ class AgentSession:
             return AgentError(f"the agent exited before it answered (exit status {status}): {err or exc}",
                               host=self.host.name, status=status, detail=err,
                               hint="install the same cmigrate version on every host (./install.sh)")
-        return TransportError(f"lost the agent: {exc}", host=self.host.name, status=status, detail=err)
+        return TransportError(f"lost the connection to the agent: {exc or type(exc).__name__}",
+                              host=self.host.name, status=status, detail=err)
 
     def _recv(self) -> dict:
         try:
@@ -131,6 +134,13 @@ class AgentSession:
         ``abort``. Returns (this side's result, dest's result)."""
         dest.start(dest_op, **dest_args)
         self.start(op, **args)
+        watchdog = _Watchdog(self, dest)
+        try:
+            return self._relay(dest, watchdog, on_bytes)
+        finally:
+            watchdog.stop()
+
+    def _relay(self, dest: "AgentSession", watchdog: "_Watchdog", on_bytes):
         result = error = None
         while True:
             try:
@@ -144,10 +154,11 @@ class AgentSession:
                 if error is None:   # once dest is gone, keep reading so this agent can finish and answer
                     try:
                         framing.write_frame(dest.proc.stdin, framing.DATA, payload)
+                        watchdog.alive()
                         if on_bytes:
                             on_bytes(len(payload))
-                    except (OSError, ValueError) as exc:
-                        error = dest._lost(exc)
+                    except Exception as exc:  # paramiko raises EOFError/SSHException on a severed link
+                        error = dest._lost(exc or "link severed")
                 continue
             msg = framing.decode(payload)
             if msg["type"] == "progress":
@@ -162,13 +173,18 @@ class AgentSession:
         if error is None:
             try:
                 framing.send(dest.proc.stdin, {"type": "end", "manifest": (result or {}).get("manifest", {})})
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # as above
                 error = dest._lost(exc)
         else:
             try:
                 framing.send(dest.proc.stdin, {"type": "abort"})
-            except (OSError, ValueError):
+            except Exception:  # the destination is gone already; the abort is a courtesy
                 pass
+        watchdog.stop()
+        # the destination may now work a while with nothing to say (verify, docker load): allow it that time
+        limit = dest.timeout()
+        if limit:
+            dest.set_timeout(max(limit, FINISH_TIMEOUT))
         try:
             dest_result = dest.wait()
         except MigrationError as exc:
@@ -176,6 +192,14 @@ class AgentSession:
         if error is not None:
             raise error
         return result, dest_result
+
+    def timeout(self) -> float | None:
+        chan = getattr(self.proc, "chan", None)
+        return chan.gettimeout() if chan is not None else None
+
+    def sever(self) -> None:
+        """Drop the connection under this session: a write stuck on a dead link fails at once."""
+        self.host.close()
 
     def close(self) -> None:
         try:
@@ -187,6 +211,9 @@ class AgentSession:
             self.proc.wait(timeout=10)
         except Exception:  # a stuck agent is killed rather than waited on forever
             self.proc.kill()
+        if hasattr(self.proc, "close"):
+            self.proc.close()
+            return
         for stream in (self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
@@ -198,3 +225,31 @@ class AgentSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Watchdog:
+    """During a relay, a peer that takes nothing for longer than the sessions' timeout has lost its link.
+
+    paramiko blocks in a socket write for as long as TCP retransmits (minutes); a channel timeout does not cover
+    that. The watchdog severs the destination's connection, and the stuck write fails.
+    """
+
+    def __init__(self, source: AgentSession, dest: AgentSession) -> None:
+        self.limit = dest.timeout() or source.timeout()
+        self.dest = dest
+        self.last = time.monotonic()
+        self.done = threading.Event()
+        if self.limit:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def alive(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.done.wait(min(1.0, self.limit / 4)):
+            if time.monotonic() - self.last > self.limit:
+                self.dest.sever()
+                return
+
+    def stop(self) -> None:
+        self.done.set()

@@ -254,14 +254,65 @@ class SSHHost:
         return SSHProcess(self._channel([str(a) for a in argv]))
 
 
+class _ChannelReader:
+    """read(n) over a channel's stdout or stderr: up to n bytes, b"" at end of stream (no paramiko BufferedFile,
+    whose __del__ flushes into dead channels)."""
+
+    def __init__(self, recv) -> None:
+        self._recv = recv
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            chunks = [self._buf]
+            self._buf = b""
+            while chunk := self._recv(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        out = bytearray(self._buf[:n])
+        self._buf = self._buf[n:]
+        while len(out) < n:
+            chunk = self._recv(max(n - len(out), 65536))
+            if not chunk:
+                break
+            take = n - len(out)
+            out += chunk[:take]
+            self._buf = chunk[take:]
+        return bytes(out)
+
+    def read1(self, n: int = 65536) -> bytes:
+        if self._buf:
+            out, self._buf = self._buf[:n], self._buf[n:]
+            return out
+        return self._recv(n)
+
+    def close(self) -> None:
+        pass
+
+
+class _ChannelWriter:
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self._chan = chan
+
+    def write(self, data) -> int:
+        self._chan.sendall(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._chan.shutdown_write()
+
+
 class SSHProcess:
     """A remote command with file-like stdin/stdout/stderr, like subprocess.Popen's."""
 
     def __init__(self, chan: paramiko.Channel) -> None:
         self.chan = chan
-        self.stdin = chan.makefile_stdin("wb")
-        self.stdout = chan.makefile("rb")
-        self.stderr = chan.makefile_stderr("rb")
+        self.stdin = _ChannelWriter(chan)
+        self.stdout = _ChannelReader(chan.recv)
+        self.stderr = _ChannelReader(chan.recv_stderr)
 
     def wait(self, timeout: float | None = None) -> int:
         if timeout is not None and not self.chan.status_event.wait(timeout):
@@ -269,6 +320,9 @@ class SSHProcess:
         return self.chan.recv_exit_status()
 
     def kill(self) -> None:
+        self.chan.close()
+
+    def close(self) -> None:
         self.chan.close()
 
 

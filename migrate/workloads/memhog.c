@@ -1,0 +1,71 @@
+/* memhog: a memory workload for migration tests and benchmarks.
+ *
+ *   memhog MIB [DIRTY_MB_PER_S [TICK_MS]]
+ *
+ * Holds MIB MiB of pseudo-random pages and rewrites DIRTY_MB_PER_S of them per second. Every page's content is a
+ * function of (page index, generation), so the whole buffer can be verified at any time: every second it checks
+ * all pages and prints "verified <pages> gen <total rewrites>" or "CORRUPT page <n>" (then exits 3).
+ * Every TICK_MS (default 5) it appends a CLOCK_REALTIME timestamp (microseconds) to /tmp/ticks (the
+ * workload's own view of time: a gap there is the migration's downtime as the workload saw it).
+ * Static, no libc beyond the basics: it runs in the busybox test image.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+static uint64_t fill(uint64_t *p, uint64_t index, uint64_t gen, int check) {
+    uint64_t x = (index + 1) * 0x9E3779B97F4A7C15ULL ^ (gen + 1) * 0xBF58476D1CE4E5B9ULL;
+    for (int i = 0; i < PAGE / 8; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        if (check) { if (p[i] != x) return 1; } else p[i] = x;
+    }
+    return 0;
+}
+
+static double now(clockid_t c) {
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: memhog MIB [DIRTY_MB_PER_S [TICK_MS]]\n"); return 2; }
+    uint64_t pages = (uint64_t)atol(argv[1]) * 1024 * 1024 / PAGE;
+    double dirty = argc > 2 ? atof(argv[2]) : 0;
+    int tick_ms = argc > 3 ? atoi(argv[3]) : 5;
+    uint8_t *buf = malloc(pages * PAGE);
+    uint32_t *gen = calloc(pages, sizeof *gen);
+    if (!buf || !gen) { fprintf(stderr, "memhog: out of memory\n"); return 1; }
+    for (uint64_t i = 0; i < pages; i++) fill((uint64_t *)(buf + i * PAGE), i, 0, 0);
+    FILE *ticks = fopen("/tmp/ticks", "a");
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready %llu pages\n", (unsigned long long)pages);
+    uint64_t next = 0, rewrites = 0;
+    double last_verify = now(CLOCK_MONOTONIC), last = last_verify, owed = 0;
+    for (;;) {
+        usleep(tick_ms * 1000);
+        double t = now(CLOCK_MONOTONIC);
+        if (ticks) { fprintf(ticks, "%.6f\n", now(CLOCK_REALTIME)); fflush(ticks); }
+        owed += (t - last) * dirty * 1e6 / PAGE;
+        last = t;
+        for (; owed >= 1 && pages; owed -= 1, rewrites++) {
+            gen[next]++;
+            fill((uint64_t *)(buf + next * PAGE), next, gen[next], 0);
+            next = (next + 1) % pages;
+        }
+        if (t - last_verify >= 1.0) {
+            for (uint64_t i = 0; i < pages; i++)
+                if (fill((uint64_t *)(buf + i * PAGE), i, gen[i], 1)) {
+                    printf("CORRUPT page %llu\n", (unsigned long long)i);
+                    return 3;
+                }
+            printf("verified %llu gen %llu\n", (unsigned long long)pages, (unsigned long long)rewrites);
+            last_verify = now(CLOCK_MONOTONIC);
+        }
+    }
+}

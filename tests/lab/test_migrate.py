@@ -1,0 +1,220 @@
+"""cmigrate CONTAINER SRC DST on the lab: real dockerd, CRIU and sshd on hostA and hostB."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import migrate
+from migrate import lab
+from migrate.errors import HostKeyError, MigrationError, PreflightError, TransportError
+from tests.lab.conftest import COUNTER, RemoteDocker, cmigrate, consecutive
+
+WORK_ROOTS = [h.data_root / "cmigrate-migrations" for h in lab.HOSTS]
+
+
+@pytest.fixture
+def both(docker_a, docker_b):
+    """hostA's and hostB's docker; containers made on either side are removed from both at the end."""
+    yield docker_a, docker_b
+    for name in docker_a.made + docker_b.made:
+        for d in (docker_a, docker_b):
+            d("rm", "-f", name, check=False)
+
+
+def running(d: RemoteDocker, name: str) -> bool:
+    res = d("inspect", "-f", "{{.State.Running}}", name, check=False)
+    return res.status == 0 and res.out.strip() == "true"
+
+
+def absent(d: RemoteDocker, name: str) -> bool:
+    return d("inspect", name, check=False).status != 0
+
+
+def no_work_left() -> bool:
+    return not any(any(r.iterdir()) for r in WORK_ROOTS if r.exists())
+
+
+def test_counter_moves_to_hostB_and_back_without_reset(both):
+    a, b = both
+    name = a.run_detached("--security-opt=seccomp:unconfined", "busybox", "/bin/sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 3)
+    res = cmigrate(name, "hostA", "hostB")
+    assert res.status == 0, res.err
+    assert "downtime" in res.out
+    assert running(b, name) and absent(a, name), "the container must run on hostB only"
+    on_a = [int(x) for x in a.made and []]  # (hostA's logs went with its container)
+    lines_b = b.wait_logs(name, lambda lines: len(lines) >= 2)
+    n = [int(x) for x in lines_b]
+    assert n == list(range(n[0], n[0] + len(n))) and n[0] >= 3, f"hostB's counter did not continue: {n}"
+    res = cmigrate("--json", name, "hostB", "hostA")
+    assert res.status == 0, res.err
+    report = json.loads(res.out)
+    assert report["source"] == "hostB" and report["destination"] == "hostA"
+    assert report["downtime"] > 0 and report["wire_bytes"] > 0 and report["raw_bytes"] >= report["wire_bytes"]
+    assert set(report["phases"]) >= {"preflight", "dump", "transfer", "restore"}
+    assert running(a, name) and absent(b, name)
+    back = [int(x) for x in a.wait_logs(name, lambda lines: len(lines) >= 2)]
+    assert back[0] > n[-1] - 1 and back == list(range(back[0], back[0] + len(back))), back
+    assert no_work_left() and not on_a
+
+
+def test_files_deleted_file_and_named_volume_move(both):
+    a, b = both
+    vol = f"v-{uuid.uuid4().hex[:6]}"
+    appender = ('mkdir -p /data; exec 3>>/data/log; i=0; while true; do echo $i >&3; echo $i >> /vol/seen; '
+                'i=$(expr $i + 1); sleep 0.2; done')
+    name = a.run_detached("-v", f"{vol}:/vol", "busybox", "sh", "-c", appender)
+    a.sh(name, "echo hello > /data/added; echo changed > /etc/group; rm /var/www/index.html; "
+               "echo precious > /vol/keep")
+    time.sleep(0.5)
+    try:
+        res = cmigrate(name, "hostA", "hostB")
+        assert res.status == 0, res.err
+        assert b.sh(name, "cat /data/added /etc/group /vol/keep").split() == ["hello", "changed", "precious"]
+        assert b.sh(name, "ls /var/www").split() == [], "the deleted file came back"
+        time.sleep(0.6)
+        assert consecutive(b.sh(name, "cat /data/log").split()), "the open file did not go on"
+        assert consecutive(b.sh(name, "cat /vol/seen").split()), "the volume's data did not come whole"
+        assert b("volume", "inspect", vol).status == 0
+        assert a("volume", "inspect", vol, check=False).status != 0, "the source kept the named volume"
+    finally:
+        for d in (a, b):
+            d("rm", "-f", name, check=False)
+            d("volume", "rm", vol, check=False)
+
+
+def test_256_mib_of_memory_moves_and_verifies_itself(both):
+    a, b = both
+    name = a.run_detached("busybox", "memhog", "256", "10")
+    a.wait_logs(name, lambda lines: "verified" in lines)
+    report = migrate.migrate(name, "hostA", "hostB")
+    assert report.raw_bytes > 256 * 2**20
+    assert running(b, name) and absent(a, name)
+    # memhog checks every page once a second; after the move it must go on saying "verified"
+    lines = b.wait_logs(name, lambda lines: lines.count("verified") >= 2, timeout=30)
+    assert "CORRUPT" not in lines
+
+
+def test_image_absent_on_destination_is_transferred(both):
+    a, b = both
+    seed = a.run_detached("busybox", "sh", "-c", "echo baked > /baked; sleep 1000")
+    a.wait_logs(seed, lambda lines: True)
+    time.sleep(0.3)
+    tag = f"cm-only-on-a:{uuid.uuid4().hex[:6]}"
+    a("commit", seed, tag)
+    try:
+        name = a.run_detached(tag, "sh", "-c", COUNTER)
+        a.wait_logs(name, lambda lines: len(lines) >= 1)
+        assert b("image", "inspect", tag, check=False).status != 0
+        report = migrate.migrate(name, "hostA", "hostB")
+        assert report.image_transferred and report.image_wire_bytes > 0
+        assert b.sh(name, "cat /baked").strip() == "baked"
+        assert running(b, name)
+    finally:
+        for d in (a, b):
+            d("rm", "-f", *[n for n in a.made], check=False)
+            d("rmi", "-f", tag, check=False)
+
+
+def test_tty_container_moves(both):
+    a, b = both
+    name = a.run_detached("-t", "busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 2)
+    assert cmigrate(name, "hostA", "hostB").status == 0
+    lines = [x.strip() for x in b.wait_logs(name, lambda lines: len(lines) >= 2)]
+    assert int(lines[0]) >= 2 and running(b, name)
+
+
+def test_keep_source_leaves_it_stopped_with_its_checkpoint(both):
+    a, b = both
+    name = a.run_detached("busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 1)
+    res = cmigrate("--keep-source", name, "hostA", "hostB")
+    assert res.status == 0, res.err
+    assert running(b, name)
+    assert a("inspect", "-f", "{{.State.Status}}", name).out.strip() == "exited"
+    listed = cmigrate("-H", "hostA", "checkpoint", "ls", name).out.splitlines()[1:]
+    assert len(listed) == 1 and listed[0].startswith("migrated-")
+
+
+# ---------------------------------------------------------------------- errors
+def one_line(res, *expected, status=1):
+    assert res.status == status, (res.status, res.out, res.err)
+    first = res.err.splitlines()[0]
+    for e in expected:
+        assert e in first, first
+
+
+def test_errors_before_anything_is_touched(both, tmp_path):
+    a, b = both
+    name = a.run_detached("busybox", "sh", "-c", COUNTER)
+    one_line(cmigrate(name, "hostA", "nosuchhost.invalid"), "nosuchhost.invalid", "unknown host")
+    one_line(cmigrate("nosuch", "hostA", "hostB"), "hostA", "no such container: nosuch")
+    one_line(cmigrate(name, "hostA", "hostA"), "same host", status=2)
+    # unknown host key: the lab's config, but an empty known_hosts
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    config = tmp_path / "ssh_config"
+    config.write_text(lab.SSH_CONFIG.read_text().replace(str(lab.KNOWN_HOSTS), str(known)))
+    res = cmigrate("-F", str(config), name, "hostA", "hostB")
+    one_line(res, "hostA", "host key", "not known", "SHA256:")
+    # name taken on the destination
+    b.run_detached("--name", name, "busybox", "sleep", "1000") if False else b("run", "-d", "--name", name, "busybox",
+                                                                                "sleep", "1000")
+    one_line(cmigrate(name, "hostA", "hostB"), "hostB", f"a container named {name} already exists")
+    b("rm", "-f", name)
+    assert running(a, name) and absent(b, name) and no_work_left()
+
+
+def test_criu_missing_on_destination_is_refused(both, tmp_path, monkeypatch):
+    a, b = both
+    name = a.run_detached("busybox", "sh", "-c", COUNTER)
+    # hostB's agent runs with a PATH without CRIU (hostA's keeps it): both share this machine's files.
+    wrapper = tmp_path / "agent"
+    real = Path(__import__("sys").prefix) / "bin" / "cmigrate-agent"
+    wrapper.write_text(f'#!/bin/sh\n[ "$CMIGRATE_HOST" = hostB ] && export PATH=/usr/bin:/bin:/usr/sbin:/sbin\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CMIGRATE_AGENT", str(wrapper))
+    with pytest.raises(PreflightError, match="CRIU is not installed") as err:
+        migrate.migrate(name, "hostA", "hostB")
+    assert err.value.host == "hostB"
+    assert running(a, name) and absent(b, name)
+
+
+def test_link_cut_during_transfer_rolls_back_to_the_source(both):
+    a, b = both
+    name = a.run_detached("busybox", "memhog", "128", "10")
+    a.wait_logs(name, lambda lines: "verified" in lines)
+    veth = lab.host("hostB").veth
+    cut = threading.Event()
+
+    def cut_link_mid_transfer(event):
+        if event.get("event") == "bytes" and event.get("what") == "checkpoint" and not cut.is_set():
+            cut.set()
+            subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+
+    try:
+        with pytest.raises(MigrationError) as err:
+            migrate.migrate(name, "hostA", "hostB", progress=cut_link_mid_transfer, io_timeout=5)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    assert cut.is_set(), "the link was never cut: no checkpoint bytes flowed"
+    assert "rolled back" in err.value.hint, err.value.line()
+    assert err.value.host == "hostB", err.value.line()
+    # the container goes on on hostA with its memory intact ...
+    assert running(a, name)
+    before = a.logs(name).count("verified")
+    lines = a.wait_logs(name, lambda lines: lines.count("verified") >= before + 2, timeout=30)
+    assert "CORRUPT" not in lines
+    # ... and hostB's agent, hearing nothing for io_timeout, removed what it had made by itself
+    deadline = time.monotonic() + 20
+    while not (absent(b, name) and no_work_left()):
+        assert time.monotonic() < deadline, "hostB kept the half-migrated container"
+        time.sleep(1)
