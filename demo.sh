@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # Set everything up and run the main job in the local two-host lab: the seed document's counter container is
-# started on hostA, checkpointed, and restored; its counter resumes where it stopped. The lab stays up afterwards
-# (tear it down with: .venv/bin/cmigrate lab down).
+# started on hostA and live-migrated to hostB, where it keeps counting from where it was. The lab stays up
+# afterwards (tear it down with: .venv/bin/cmigrate lab down).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./install.sh
-.venv/bin/cmigrate lab up
-ssh_a=(ssh -F /var/lib/cmigrate-lab/ssh_config hostA)
-docker=/usr/bin/docker
-"${ssh_a[@]}" "$docker" rm -f cr >/dev/null 2>&1 || true
-echo "== hostA: docker run the seed's counter container 'cr'"
-"${ssh_a[@]}" "$docker" run --security-opt=seccomp:unconfined --name cr -d busybox /bin/sh -c \
-    "'i=0; while true; do echo \$i; i=\$(expr \$i + 1); sleep 1; done'"
+cmigrate=.venv/bin/cmigrate
+$cmigrate lab up
+docker_on() { ssh -F /var/lib/cmigrate-lab/ssh_config "$1" /usr/bin/docker "${@:2}"; }
+for h in hostA hostB; do docker_on "$h" rm -f cr >/dev/null 2>&1 || true; done
+
+echo "== hostA: the seed's counter container 'cr'"
+docker_on hostA run --security-opt=seccomp:unconfined --name cr -d busybox /bin/sh -c \
+    "'i=0; while true; do echo \$i; i=\$(expr \$i + 1); sleep 1; done'" >/dev/null
 sleep 3
-echo "== hostA: checkpoint cr"
-"${ssh_a[@]}" "$docker" checkpoint create cr checkpoint1
-echo "   counter so far: $("${ssh_a[@]}" "$docker" logs cr | tr '\n' ' ')"
+echo "   hostA counted: $(docker_on hostA logs cr | tr '\n' ' ')"
+echo "== cmigrate cr hostA hostB"
+$cmigrate cr hostA hostB
 sleep 2
-echo "== hostA: restore cr from checkpoint1"
-"${ssh_a[@]}" "$docker" start --checkpoint checkpoint1 cr
-sleep 3
-echo "   counter now:    $("${ssh_a[@]}" "$docker" logs cr | tr '\n' ' ')"
-"${ssh_a[@]}" "$docker" rm -f cr >/dev/null
+echo "   hostB goes on: $(docker_on hostB logs cr | tr '\n' ' ')"
+echo "   hostA has:     $(docker_on hostA ps -a --filter name=cr --format '{{.Names}}' | wc -l) container(s) named cr"
+echo "== and back: cmigrate cr hostB hostA"
+$cmigrate cr hostB hostA | grep downtime
+sleep 1
+echo "   hostA goes on: $(docker_on hostA logs cr | tr '\n' ' ')"
+docker_on hostA rm -f cr >/dev/null

@@ -104,3 +104,17 @@ def test_tcp_listener_checkpoints_restores_and_still_answers(docker_a):
     assert "cmigrate" in get()
     # The restored process is the same httpd: CRIU restored its listening socket, it was not restarted.
     assert docker_a("inspect", "-f", "{{.State.Running}}", name).out.strip() == "true"
+
+
+def test_proxy_jump_reaches_a_host_through_another(the_lab, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(lab.SSH_CONFIG.read_text() + f"""
+Host viaA
+    HostName {lab.host('hostB').address}
+    User root
+    IdentityFile {lab.CLIENT_KEY}
+    UserKnownHostsFile {lab.KNOWN_HOSTS}
+    ProxyJump hostA
+""")
+    with SSHHost("viaA", str(config)) as h:
+        assert h.run(["sh", "-c", "echo $CMIGRATE_HOST"]).out.strip() == "hostB"
