@@ -93,22 +93,26 @@ def create(args: dict, ch) -> dict:
         if custom:
             custom.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
+        policy = None if leave_running else dk.set_restart_policy(info["Id"], None)
         # Freeze first, so that the files saved below belong to the same instant as the memory.
         dk.pause(info["Id"])
         try:
             dk.checkpoint_create(info["Id"], name, str(custom) if custom else None, exit=not leave_running)
         except DockerError as exc:
-            _resume_after_failure(dk, info, container, target)
+            _resume_after_failure(dk, info, container, target, policy)
             shutil.rmtree(target, ignore_errors=True)
             raise _criu_failure(CheckpointError, "checkpoint", exc, container) from exc
         try:
             layer = rootfs.save(upper, target / META_DIR / "rootfs.tar")
         except MigrationError:
-            _resume_after_failure(dk, info, container, target)   # files untouched: the images still fit them
+            # files untouched: the images still fit them
+            _resume_after_failure(dk, info, container, target, policy)
             shutil.rmtree(target, ignore_errors=True)
             raise
         if leave_running:
             dk.unpause(info["Id"])
+        else:
+            dk.set_restart_policy(info["Id"], policy)   # stopped now: the policy cannot restart it
         frozen = time.monotonic() - started
         meta = {"cmigrate": __version__, "name": name, "container": info["Name"].lstrip("/"),
                 "container_id": info["Id"], "image": info["Config"]["Image"], "created": time.time(),
@@ -131,8 +135,17 @@ def _lock_down(target: Path) -> None:
             os.chmod(os.path.join(root, f), 0o600)
 
 
-def _resume_after_failure(dk: Docker, info: dict, container: str, images: Path) -> None:
-    """After a failed checkpoint the container must run as before: unpause it, or restore it from the images."""
+def _resume_after_failure(dk: Docker, info: dict, container: str, images: Path, policy: dict | None) -> None:
+    """After a failed checkpoint the container must run as before: unpause it, or restore it from the images;
+    and get its restart policy back."""
+    try:
+        _resume(dk, info, container, images)
+    finally:
+        if policy:
+            dk.set_restart_policy(info["Id"], policy)
+
+
+def _resume(dk: Docker, info: dict, container: str, images: Path) -> None:
     state = dk.inspect(info["Id"])["State"]
     if state.get("Paused"):
         dk.unpause(info["Id"])

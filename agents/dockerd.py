@@ -74,6 +74,17 @@ class Docker:
         except (docker.errors.APIError, requests.RequestException) as exc:
             raise DockerError(f"{what}: {_explain(exc)}", container=container) from exc
 
+    def set_restart_policy(self, cid: str, policy: dict | None) -> dict:
+        """Set the restart policy; returns the one it had. A checkpoint that stops the container looks like a
+        crash to Docker, which would start a fresh copy under ``always``/``on-failure``/``unless-stopped``."""
+        old = self.inspect(cid)["HostConfig"].get("RestartPolicy") or {"Name": "no"}
+        new = policy or {"Name": "no"}
+        if (old.get("Name") or "no") != (new.get("Name") or "no"):
+            self._do("update the restart policy", self.api.update_container, cid,
+                     restart_policy={"Name": new.get("Name") or "no",
+                                     "MaximumRetryCount": new.get("MaximumRetryCount", 0)}, container=cid)
+        return old
+
     def pause(self, cid: str) -> None:
         self._do("pause", self.api.pause, cid, container=cid)
 

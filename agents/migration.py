@@ -17,7 +17,7 @@ from pathlib import Path
 import zstandard
 
 from agents import rootfs
-from agents.checkpoint import META_DIR, _criu_failure, _lock_down, _start_from
+from agents.checkpoint import META_DIR, _criu_failure, _lock_down, _resume_after_failure, _start_from
 from agents.dockerd import Docker
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             TransportError)
@@ -156,16 +156,14 @@ def source_dump(args: dict, ch) -> dict:
     try:
         info = dk.inspect(cid)
         upper = rootfs.upper_dir(info)
+        # the source must not start a fresh copy when the dump stops it; rollback gives the policy back
+        policy = dk.set_restart_policy(cid, None)
         t0 = time.time()
         dk.pause(cid)
         try:
             dk.checkpoint_create(cid, CHECKPOINT, str(work), exit=True)
         except DockerError as exc:
-            state = dk.inspect(cid)["State"]
-            if state.get("Paused"):
-                dk.unpause(cid)
-            elif not state.get("Running") and (work / CHECKPOINT / "inventory.img").exists():
-                _start_from(dk, info, work / CHECKPOINT)
+            _resume_after_failure(dk, info, info["Name"].lstrip("/"), work / CHECKPOINT, policy)
             shutil.rmtree(work, ignore_errors=True)
             raise _criu_failure(CheckpointError, "checkpoint", exc, info["Name"].lstrip("/")) from exc
         t_dumped = time.time()
@@ -174,7 +172,7 @@ def source_dump(args: dict, ch) -> dict:
         (images / META_DIR / "meta.json").write_text(json.dumps({"container_id": cid, "rootfs": layer}))
         _lock_down(work)
         return {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
-                "images_bytes": _du(images)}
+                "images_bytes": _du(images), "restart_policy": policy}
     finally:
         dk.close()
 
@@ -194,10 +192,7 @@ def source_resume(args: dict, ch) -> dict:
     dk = Docker()
     try:
         info = dk.inspect(cid)
-        if info["State"].get("Paused"):
-            dk.unpause(cid)
-        elif not info["State"].get("Running"):
-            _start_from(dk, info, work / CHECKPOINT)
+        _resume_after_failure(dk, info, info["Name"].lstrip("/"), work / CHECKPOINT, args.get("restart_policy"))
         shutil.rmtree(work, ignore_errors=True)
         return {"running": dk.inspect(cid)["State"].get("Running", False)}
     finally:
@@ -219,7 +214,8 @@ def source_finish(args: dict, ch) -> dict:
             shutil.rmtree(work, ignore_errors=True)
             return {"kept": True, "checkpoint": name}
         named = [m["Name"] for m in dk.inspect(cid).get("Mounts", []) if m["Type"] == "volume"]
-        dk._do("remove the source container", dk.api.remove_container, cid, v=True, container=cid)
+        # force: should anything have started it again, it must not go on running beside the destination's
+        dk._do("remove the source container", dk.api.remove_container, cid, v=True, force=True, container=cid)
         for vol in named:   # their data moved with the container (anonymous ones went with v=True)
             try:
                 dk.api.remove_volume(vol)

@@ -220,6 +220,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(report.to_json())
     elif not args.quiet:
         print(report.human())
+    for warning in report.warnings:
+        print(f"cmigrate: warning: {warning}", file=sys.stderr)
     return 0
 
 

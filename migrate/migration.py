@@ -72,7 +72,6 @@ class Report:
             lines.append(f"  image      transferred ({self.image_wire_bytes / mib:.1f} MiB on the wire)")
         if self.kept_source:
             lines.append(f"  source     kept stopped on {self.source} with checkpoint {self.source_checkpoint}")
-        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -111,6 +110,7 @@ class _Migration:
         self.hosts = []
         self.src_info: dict = {}
         self.dst_id: str | None = None
+        self.dump: dict = {}
 
     def phase(self, name: str, t0: float) -> None:
         self.report.phases[name] = time.monotonic() - t0
@@ -179,7 +179,7 @@ class _Migration:
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
-        dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
+        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t_freeze)
         t = time.monotonic()
@@ -234,7 +234,8 @@ class _Migration:
         if self.state == "frozen" and self.src is not None:
             try:
                 self.src.set_timeout(None)
-                self.src.call("source.resume", container_id=self.src_info["id"], migration_id=self.id)
+                self.src.call("source.resume", container_id=self.src_info["id"], migration_id=self.id,
+                              restart_policy=self.dump.get("restart_policy"))
                 if isinstance(exc, MigrationError):
                     exc.hint = (exc.hint + "; " if exc.hint else "") + \
                         f"rolled back: {self.container} runs on {self.src_name} again"

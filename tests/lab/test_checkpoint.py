@@ -247,3 +247,15 @@ def plain_dockerd(the_lab):
 def test_daemon_without_experimental_mode_is_refused(plain_dockerd):
     res = cmigrate("checkpoint", "create", "plain", "c1", env={"DOCKER_HOST": plain_dockerd})
     one_line_error(res, "not in experimental mode", "--experimental")
+
+
+def test_checkpoint_of_a_restart_always_container_is_not_restarted_fresh(docker_a):
+    name = docker_a.run_detached("--restart", "always", "busybox", "sh", "-c", COUNTER)
+    docker_a.wait_logs(name, lambda lines: len(lines) >= 2)
+    assert cmigrate("-H", "hostA", "checkpoint", "create", name, "held").status == 0
+    frozen = docker_a.logs(name)
+    time.sleep(2)
+    assert docker_a.state(name) == "exited" and docker_a.logs(name) == frozen, "Docker restarted it from scratch"
+    assert docker_a("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", name).out.strip() == "always"
+    assert cmigrate("-H", "hostA", "start", "--checkpoint", "held", name).status == 0
+    assert consecutive(docker_a.wait_logs(name, lambda lines: len(lines) >= len(frozen) + 1))

@@ -5,6 +5,7 @@ import json
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -218,3 +219,28 @@ def test_link_cut_during_transfer_rolls_back_to_the_source(both):
     while not (absent(b, name) and no_work_left()):
         assert time.monotonic() < deadline, "hostB kept the half-migrated container"
         time.sleep(1)
+
+
+def test_restart_always_server_moves_once_and_answers_on_its_published_port(both):
+    a, b = both
+    name = a.run_detached("--restart", "always", "-p", "18081:80", "-e", "GREETING=hi", "-l", "app=web",
+                          "busybox", "httpd", "-f", "-p", "80", "-h", "/var/www")
+    url_b = f"http://{lab.host('hostB').address}:18081/"
+    res = cmigrate(name, "hostA", "hostB")
+    assert res.status == 0 and "warning" not in res.err, res.err
+    time.sleep(2)   # time enough for a restart policy to start a second copy, were it going to
+    assert absent(a, name), "the source started a fresh copy: it would run twice"
+    assert running(b, name)
+    fmt = "{{.HostConfig.RestartPolicy.Name}} {{index .Config.Labels \"app\"}} {{json .HostConfig.PortBindings}}"
+    policy, label, ports = b("inspect", "-f", fmt, name).out.split(None, 2)
+    assert (policy, label) == ("always", "web") and "18081" in ports
+    assert "GREETING=hi" in b("inspect", "-f", "{{.Config.Env}}", name).out
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url_b, timeout=5) as resp:
+                assert "cmigrate" in resp.read().decode()
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "the server does not answer on hostB's published port"
+            time.sleep(0.3)
