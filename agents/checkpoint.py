@@ -43,12 +43,18 @@ def _base(dk: Docker, inspect: dict, custom: Path | None) -> Path:
     return custom if custom else dk.root_dir / "containers" / inspect["Id"] / "checkpoints"
 
 
+def this_host() -> LocalHost:
+    """This host, named as the CLI calls it (the lab's sshd sets CMIGRATE_HOST), for error messages."""
+    return LocalHost(os.environ.get("CMIGRATE_HOST", "local"))
+
+
 def _preflight(dk: Docker) -> None:
     dk.require_experimental()
-    require_criu(LocalHost(os.environ.get("CMIGRATE_HOST", "local")))
+    require_criu(this_host())
 
 
-def _dir_size(path: Path) -> int:
+def dir_size(path: Path) -> int:
+    """Bytes in the files below ``path``."""
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -78,12 +84,7 @@ def create(args: dict, ch) -> dict:
     custom = _checkpoint_dir(args)
     dk = Docker()
     try:
-        info = dk.inspect(container)
-        state = info["State"]
-        if not state.get("Running"):
-            raise PreflightError(f"container {container} is not running", container=container)
-        if state.get("Paused"):
-            raise PreflightError(f"container {container} is paused: unpause it first", container=container)
+        info = dk.inspect_running(container)
         _preflight(dk)
         upper = rootfs.upper_dir(info)
         base = _base(dk, info, custom)
@@ -119,7 +120,7 @@ def create(args: dict, ch) -> dict:
                 "leave_running": leave_running, "tty": bool(info["Config"].get("Tty")), "rootfs": layer}
         (target / META_DIR / "meta.json").write_text(json.dumps(meta, indent=1))
         _lock_down(target)
-        return {"name": name, "dir": str(target), "bytes": _dir_size(target), "frozen_seconds": frozen,
+        return {"name": name, "dir": str(target), "bytes": dir_size(target), "frozen_seconds": frozen,
                 "running": leave_running}
     finally:
         dk.close()
@@ -182,7 +183,7 @@ def list_checkpoints(args: dict, ch) -> list[dict]:
                     created = json.loads(meta_file.read_text()).get("created", created)
                 except ValueError:
                     pass
-            found.append({"name": entry.name, "created": created, "bytes": _dir_size(entry), "dir": str(entry)})
+            found.append({"name": entry.name, "created": created, "bytes": dir_size(entry), "dir": str(entry)})
     return sorted(found, key=lambda c: c["created"])
 
 

@@ -59,6 +59,15 @@ class Docker:
         except (docker.errors.APIError, requests.RequestException) as exc:
             raise DockerError(f"cannot inspect container {container}: {exc}", container=container) from exc
 
+    def inspect_running(self, container: str) -> dict:
+        """inspect, refusing a container that is not running (or is paused: its state is half-frozen)."""
+        info = self.inspect(container)
+        if not info["State"].get("Running"):
+            raise PreflightError(f"container {container} is not running", container=container)
+        if info["State"].get("Paused"):
+            raise PreflightError(f"container {container} is paused: unpause it first", container=container)
+        return info
+
     def exists(self, container: str) -> bool:
         try:
             self.api.inspect_container(container)

@@ -17,13 +17,13 @@ from pathlib import Path
 import zstandard
 
 from agents import rootfs
-from agents.checkpoint import META_DIR, _criu_failure, _lock_down, _resume_after_failure, _start_from
+from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, _start_from, dir_size,
+                               this_host)
 from agents.dockerd import Docker
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             TransportError)
 from migrate.hostinfo import require_criu
 from transport import framing, streams
-from transport.hosts import LocalHost
 
 WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory
@@ -54,10 +54,6 @@ def _workdir(migration_id: str, role: str, create: bool = False) -> Path:
     return path
 
 
-def _host() -> LocalHost:
-    return LocalHost(os.environ.get("CMIGRATE_HOST", "local"))
-
-
 def _memory_bytes(cid: str) -> int:
     for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes",
                  f"/sys/fs/cgroup/docker/{cid}/memory.current"):
@@ -68,30 +64,14 @@ def _memory_bytes(cid: str) -> int:
     return 0
 
 
-def _du(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
 # ====================================================================== source
 def source_inspect(args: dict, ch) -> dict:
     container = args["container"]
     dk = Docker()
     try:
-        info = dk.inspect(container)
-        state = info["State"]
-        if not state.get("Running"):
-            raise PreflightError(f"container {container} is not running", container=container)
-        if state.get("Paused"):
-            raise PreflightError(f"container {container} is paused: unpause it first", container=container)
+        info = dk.inspect_running(container)
         dk.require_experimental()
-        criu = require_criu(_host())
+        criu = require_criu(this_host())
         hc = info["HostConfig"]
         mode = hc.get("NetworkMode") or ""
         if mode.startswith(UNSUPPORTED_MODES) or hc.get("VolumesFrom") or hc.get("Links"):
@@ -111,7 +91,7 @@ def source_inspect(args: dict, ch) -> dict:
                     raise PreflightError(f"volume {m['Name']} is also used by container {users[0]}: it cannot move "
                                          "without it", container=container)
                 volumes.append({"name": m["Name"], "destination": m["Destination"], "source": m["Source"],
-                                "bytes": _du(Path(m["Source"]))})
+                                "bytes": dir_size(Path(m["Source"]))})
         binds = [m["Source"] for m in info.get("Mounts", []) if m["Type"] == "bind"]
         return {
             "id": info["Id"], "name": info["Name"].lstrip("/"), "config": info["Config"], "host_config": hc,
@@ -119,7 +99,7 @@ def source_inspect(args: dict, ch) -> dict:
             "image_id": info["Image"], "image_name": info["Config"]["Image"],
             "image_layers": (image.get("RootFS") or {}).get("Layers") or [],
             "image_bytes": image.get("Size", 0), "volumes": volumes, "binds": binds,
-            "memory_bytes": _memory_bytes(info["Id"]), "upper_bytes": _du(upper),
+            "memory_bytes": _memory_bytes(info["Id"]), "upper_bytes": dir_size(upper),
             "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"),
         }
     finally:
@@ -172,7 +152,7 @@ def source_dump(args: dict, ch) -> dict:
         (images / META_DIR / "meta.json").write_text(json.dumps({"container_id": cid, "rootfs": layer}))
         _lock_down(work)
         return {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
-                "images_bytes": _du(images), "restart_policy": policy}
+                "images_bytes": dir_size(images), "restart_policy": policy}
     finally:
         dk.close()
 
@@ -266,7 +246,7 @@ def dest_preflight(args: dict, ch) -> dict:
     dk = Docker()
     try:
         dk.require_experimental()
-        criu = require_criu(_host())
+        criu = require_criu(this_host())
         if dk.exists(name):
             raise PreflightError(f"a container named {name} already exists", container=name,
                                  hint="remove or rename it there first")
