@@ -29,7 +29,7 @@ fi
 
 # ---------------------------------------------------------------- Debian packages
 runtime_pkgs="docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables
-  python3 python3-venv ca-certificates xz-utils tar util-linux procps"
+  python3 python3-venv ca-certificates xz-utils tar util-linux procps zstd"
 build_pkgs="build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
   libaio-dev dpkg-dev"

@@ -7,6 +7,7 @@ and one ``result`` or ``error``. Logs go to stderr; stdout carries frames only.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import socket
 import sys
@@ -57,6 +58,8 @@ def operations() -> dict[str, Op]:
     from agents import checkpoint, migration
     return {
         "ping": lambda args, ch: {"pong": True},
+        # peak resident memory of this agent so far, for reports and benchmarks
+        "stats": lambda args, ch: {"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
         **checkpoint.OPERATIONS,
         **migration.OPERATIONS,
     }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from migrate import __version__
 from migrate.errors import MigrationError, UsageError
 
-COMMANDS = ("lab", "checkpoint", "start")
+COMMANDS = ("lab", "checkpoint", "start", "bench")
 
 
 def _say(quiet: bool):
@@ -110,6 +110,24 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from migrate import bench
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    dirty = [float(x) for x in args.dirty.split(",") if x]
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = set(methods) - set(bench.METHODS)
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}: choose from {', '.join(bench.METHODS)}")
+    trials = bench.run(sizes, dirty, args.repeats, Path(args.out), methods=methods, counter=not args.no_counter,
+                       say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
+    if not args.quiet:
+        print((Path(args.out) / "summary.md").read_text())
+        print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
+    return 0 if all(t.ok for t in trials) else 1
+
+
 def _common(sub: bool) -> argparse.ArgumentParser:
     """Options accepted both before and after the command (``cmigrate -H hostA checkpoint ls cr``)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -152,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     p.add_argument("name")
     p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("bench", parents=[common], help="benchmark cmigrate against the alternatives on the lab")
+    p.add_argument("--sizes", default="64,256,1024", help="memhog sizes in MiB (default 64,256,1024)")
+    p.add_argument("--dirty", default="0,10,100", help="memhog dirty rates in MB/s (default 0,10,100)")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each method per workload (default 5)")
+    p.add_argument("--methods", default="cmigrate,naive,raw", help="methods to compare (default: all)")
+    p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
+    p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("start", parents=[common], help="start a stopped container from a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="NAME", help="restore from this checkpoint")

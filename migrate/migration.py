@@ -46,6 +46,7 @@ class Report:
     image_wire_bytes: int = 0
     memory_bytes: int = 0
     destination_id: str = ""
+    agent_peak_rss_kib: dict[str, int] = field(default_factory=dict)
     kept_source: bool = False
     source_checkpoint: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -217,6 +218,11 @@ class _Migration:
             r.warnings.append(f"the container runs on {self.dst_name}, but its stopped copy on {self.src_name} "
                               f"could not be cleaned up: {exc.line()}")
         self.phase("finish", t)
+        for role, session in (("source", self.src), ("destination", self.dst)):
+            try:
+                r.agent_peak_rss_kib[role] = session.call("stats")["peak_rss_kib"]
+            except MigrationError:
+                pass
 
     def _bytes(self, what: str):
         return lambda n: self.emit({"event": "bytes", "what": what, "bytes": n})

@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     int tick_ms = argc > 3 ? atoi(argv[3]) : 5;
     uint8_t *buf = malloc(pages * PAGE);
     uint32_t *gen = calloc(pages, sizeof *gen);
-    if (!buf || !gen) { fprintf(stderr, "memhog: out of memory\n"); return 1; }
+    if (pages && (!buf || !gen)) { fprintf(stderr, "memhog: out of memory\n"); return 1; }
     for (uint64_t i = 0; i < pages; i++) fill((uint64_t *)(buf + i * PAGE), i, 0, 0);
     FILE *ticks = fopen("/tmp/ticks", "a");
     setvbuf(stdout, NULL, _IOLBF, 0);

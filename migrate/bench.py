@@ -1,0 +1,285 @@
+"""Benchmarks on the lab: cmigrate against the naive Docker workflow and the raw link, side by side.
+
+    cmigrate bench [--sizes 64,256,1024] [--dirty 0,10,100] [--repeats 5] [--out DIR]
+
+Workloads: the seed's counter container, and ``memhog`` holding N MiB and dirtying D MB/s. Every workload also
+logs a CLOCK_REALTIME timestamp every 5 ms into a tmpfs (/tmp/ticks, carried by CRIU): the longest gap across a
+move is the downtime as the workload saw it. Methods run alternately (A B C A B C ...):
+
+- ``cmigrate``: ``cmigrate --json NAME hostA hostB``;
+- ``naive``: the seed's workflow: ``docker checkpoint create --checkpoint-dir`` on hostA, tar over ssh into the
+  destination container's checkpoints folder on hostB, ``docker start --checkpoint`` there;
+- ``raw``: the same checkpoint images through ``tar | zstd -T0 | ssh hostB cat``: the transfer floor (no
+  downtime: the container keeps running).
+
+Output: ``results.csv``, ``summary.md`` (medians, min and max, ratios cmigrate/naive and cmigrate/raw) and
+``plot.png`` (downtime and total time against memory size per method).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from migrate import lab
+from migrate.errors import LabError
+
+DOCKER = "/usr/bin/docker"
+TICKER = "memhog 0 0 5 &"
+COUNTER = 'i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done'
+METHODS = ("cmigrate", "naive", "raw")
+
+
+@dataclass
+class Trial:
+    workload: str
+    memory_mib: int
+    dirty_mbps: float
+    method: str
+    repeat: int
+    downtime_s: float | None       # from the workload's own ticks (None for raw: it never stops)
+    reported_downtime_s: float | None
+    total_s: float
+    wire_bytes: int
+    cli_peak_rss_kib: int | None
+    src_agent_peak_rss_kib: int | None
+    dst_agent_peak_rss_kib: int | None
+    ok: bool
+    note: str = ""
+
+
+def _ssh(host: str, *argv: str, check: bool = True, timeout: float = 600, input: bytes | None = None):
+    res = subprocess.run(["ssh", "-F", str(lab.SSH_CONFIG), host, shlex.join(argv)], capture_output=True,
+                         timeout=timeout, input=input)
+    if check and res.returncode != 0:
+        raise LabError(f"{host}: {argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
+                       f"{res.stderr.decode(errors='replace').strip()[-300:]}")
+    return res
+
+
+def _docker(host: str, *args: str, check: bool = True, timeout: float = 600):
+    return _ssh(host, DOCKER, *args, check=check, timeout=timeout)
+
+
+def _run_args(workload: str, mib: int, dirty: float) -> list[str]:
+    if workload == "counter":
+        script = f"{TICKER} {COUNTER}"
+        return ["--security-opt=seccomp:unconfined", "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", script]
+    return ["--tmpfs", "/tmp", "busybox", "memhog", str(mib), f"{dirty:g}", "5"]
+
+
+def _start(name: str, workload: str, mib: int, dirty: float) -> None:
+    _docker("hostA", "run", "-d", "--name", name, *_run_args(workload, mib, dirty))
+    deadline = time.monotonic() + 120
+    while True:   # wait until it runs for real: memory filled, first ticks written
+        out = _docker("hostA", "logs", name).stdout.decode()
+        ticks = _docker("hostA", "exec", name, "sh", "-c", "wc -l < /tmp/ticks", check=False).stdout.decode()
+        if (workload == "counter" or "verified" in out) and ticks.strip().isdigit() and int(ticks) > 20:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"workload {name} did not get ready: {out[-200:]}")
+        time.sleep(0.2)
+
+
+def _max_gap(host: str, name: str) -> float:
+    out = _docker(host, "exec", name, "cat", "/tmp/ticks").stdout.decode().split()
+    ticks = [float(t) for t in out]
+    return max(b - a for a, b in zip(ticks, ticks[1:]))
+
+
+def _verified_after(host: str, name: str) -> bool:
+    out = _docker(host, "logs", name).stdout.decode()
+    return "CORRUPT" not in out
+
+
+def _cleanup(name: str) -> None:
+    for h in ("hostA", "hostB"):
+        _docker(h, "rm", "-f", name, check=False)
+
+
+def _wait4(argv: list[str], env: dict | None = None) -> tuple[int, bytes, int]:
+    """Run argv; (exit status, stdout, peak RSS in KiB of that process alone)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = proc.communicate()
+    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, proc.returncode << 8, None)
+    rss = usage.ru_maxrss if usage else None
+    return proc.returncode, out + err, rss
+
+
+def trial_cmigrate(name, cfg, repeat) -> Trial:
+    _start(name, *cfg)
+    cli = str(Path(sys.prefix) / "bin" / "cmigrate")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([cli, "--json", name, "hostA", "hostB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    total = time.monotonic() - t0
+    out = proc.stdout.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        rep = json.loads(out)
+    except ValueError:
+        return Trial(*cfg, "cmigrate", repeat, None, None, total, 0, usage.ru_maxrss, None, None, False,
+                     out.decode(errors="replace")[-200:])
+    ok = proc.returncode == 0 and _verified_after("hostB", name)
+    rss = rep.get("agent_peak_rss_kib", {})
+    return Trial(*cfg, "cmigrate", repeat, _max_gap("hostB", name), rep["downtime"], total, rep["wire_bytes"],
+                 usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok)
+
+
+def trial_naive(name, cfg, repeat) -> Trial:
+    _start(name, *cfg)
+    cdir = f"/var/lib/cmigrate-lab/bench-{name}"
+    workload, mib, dirty = cfg
+    _docker("hostB", "create", "--name", name, *_run_args(workload, mib, dirty))
+    dst_id = _docker("hostB", "inspect", "-f", "{{.Id}}", name).stdout.decode().strip()
+    dst_dir = lab.host("hostB").data_root / "containers" / dst_id / "checkpoints"
+    t0 = time.monotonic()
+    _docker("hostA", "checkpoint", "create", "--checkpoint-dir", cdir, name, "cp1")
+    sender = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), "hostA", shlex.join(["tar", "-C", cdir, "-cf", "-",
+                                                                                      "cp1"])],
+                              stdout=subprocess.PIPE)
+    receiver = subprocess.run(["ssh", "-F", str(lab.SSH_CONFIG), "hostB",
+                               shlex.join(["sh", "-c", f"mkdir -p {shlex.quote(str(dst_dir))} && "
+                                                       f"tar -C {shlex.quote(str(dst_dir))} -xf - && "
+                                                       f"du -sb {shlex.quote(str(dst_dir))}"])],
+                              stdin=sender.stdout, capture_output=True)
+    sender.stdout.close()
+    sender.wait()
+    _docker("hostB", "start", "--checkpoint", "cp1", name)
+    total = time.monotonic() - t0
+    _ssh("hostA", "rm", "-rf", cdir)
+    _docker("hostA", "rm", "-f", name)
+    wire = int(receiver.stdout.split()[0]) if receiver.stdout.split() else 0
+    return Trial(*cfg, "naive", repeat, _max_gap("hostB", name), None, total, wire, None, None, None,
+                 _verified_after("hostB", name))
+
+
+def trial_raw(name, cfg, repeat) -> Trial:
+    _start(name, *cfg)
+    cdir = f"/var/lib/cmigrate-lab/bench-{name}"
+    _docker("hostA", "checkpoint", "create", "--leave-running", "--checkpoint-dir", cdir, name, "cp1")
+    pipeline = (f"tar -C {shlex.quote(cdir)} -cf - cp1 | zstd -T0 -3 -q -c | "
+                f"ssh -F {shlex.quote(str(lab.SSH_CONFIG))} hostB 'wc -c'")
+    t0 = time.monotonic()
+    res = _ssh("hostA", "sh", "-c", pipeline)
+    total = time.monotonic() - t0
+    _ssh("hostA", "rm", "-rf", cdir)
+    return Trial(*cfg, "raw", repeat, None, None, total, int(res.stdout.split()[0]), None, None, None, True)
+
+
+TRIALS = {"cmigrate": trial_cmigrate, "naive": trial_naive, "raw": trial_raw}
+
+
+def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=METHODS, counter: bool = True,
+        say=print) -> list[Trial]:
+    lab.up()
+    out.mkdir(parents=True, exist_ok=True)
+    configs = ([("counter", 0, 0.0)] if counter else []) + [("memhog", s, d) for s in sizes for d in dirty]
+    trials: list[Trial] = []
+    for cfg in configs:
+        for repeat in range(repeats):
+            for method in methods:
+                name = f"bench-{uuid.uuid4().hex[:8]}"
+                try:
+                    t = TRIALS[method](name, cfg, repeat)
+                except Exception as exc:  # a failed trial is a result too; the run goes on
+                    t = Trial(*cfg, method, repeat, None, None, 0.0, 0, None, None, None, False, str(exc)[-200:])
+                finally:
+                    _cleanup(name)
+                trials.append(t)
+                say(f"{cfg[0]:>7} {cfg[1]:>5} MiB {cfg[2]:>5g} MB/s {method:>8} #{repeat}: "
+                    f"downtime {_fmt(t.downtime_s)} total {t.total_s:.3f}s wire {t.wire_bytes / 2**20:.1f} MiB"
+                    f"{'' if t.ok else ' FAILED ' + t.note}")
+                write_csv(trials, out / "results.csv")
+    (out / "summary.md").write_text(summary(trials))
+    plot(trials, out / "plot.png")
+    return trials
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}s"
+
+
+def write_csv(trials: list[Trial], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Trial)])
+        w.writeheader()
+        for t in trials:
+            w.writerow(asdict(t))
+
+
+def _stats(values: list[float]) -> tuple[float, float, float] | None:
+    values = [v for v in values if v is not None]
+    return (statistics.median(values), min(values), max(values)) if values else None
+
+
+def summary(trials: list[Trial]) -> str:
+    keys = sorted({(t.workload, t.memory_mib, t.dirty_mbps) for t in trials}, key=lambda k: (k[0] != "counter",) + k)
+    lines = ["| workload | MiB | dirty MB/s | method | runs ok | downtime median (min-max) s | total median (min-max) s "
+             "| wire MiB | agents peak RSS MiB (src/dst) | CLI peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = ["", "| workload | MiB | dirty | downtime cmigrate/naive | total cmigrate/naive | total cmigrate/raw |",
+              "|---|---|---|---|---|---|"]
+    for key in keys:
+        med = {}
+        for method in METHODS:
+            ts = [t for t in trials if (t.workload, t.memory_mib, t.dirty_mbps) == key and t.method == method]
+            if not ts:
+                continue
+            good = [t for t in ts if t.ok]
+            d, tot = _stats([t.downtime_s for t in good]), _stats([t.total_s for t in good])
+            wire = _stats([t.wire_bytes / 2**20 for t in good])
+            src = _stats([t.src_agent_peak_rss_kib / 1024 for t in good if t.src_agent_peak_rss_kib])
+            dst = _stats([t.dst_agent_peak_rss_kib / 1024 for t in good if t.dst_agent_peak_rss_kib])
+            cli = _stats([t.cli_peak_rss_kib / 1024 for t in good if t.cli_peak_rss_kib])
+            med[method] = (d[0] if d else None, tot[0] if tot else None)
+            fmt = lambda s: f"{s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f})" if s else "-"  # noqa: E731
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {method} | {len(good)}/{len(ts)} | {fmt(d)} | "
+                         f"{fmt(tot)} | {wire[0]:.1f} | " if wire else f"| {key[0]} | {key[1]} | {key[2]:g} | "
+                         f"{method} | {len(good)}/{len(ts)} | - | - | - | ")
+            lines[-1] += (f"{src[2]:.0f}/{dst[2]:.0f} | " if src and dst else "- | ") + (f"{cli[2]:.0f} |" if cli else "- |")
+        div = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"  # noqa: E731
+        c, n, r = med.get("cmigrate", (None, None)), med.get("naive", (None, None)), med.get("raw", (None, None))
+        ratios.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {div(c[0], n[0])} | {div(c[1], n[1])} | "
+                      f"{div(c[1], r[1])} |")
+    return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n"
+
+
+def plot(trials: list[Trial], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric, title in ((axes[0], "downtime_s", "downtime (workload's view)"),
+                              (axes[1], "total_s", "total migration time")):
+        for method in METHODS:
+            for dirty in sorted({t.dirty_mbps for t in trials if t.workload == "memhog"}):
+                pts = []
+                for mib in sorted({t.memory_mib for t in trials if t.workload == "memhog"}):
+                    vals = [getattr(t, metric) for t in trials if t.ok and t.method == method and
+                            t.workload == "memhog" and t.memory_mib == mib and t.dirty_mbps == dirty]
+                    vals = [v for v in vals if v is not None]
+                    if vals:
+                        pts.append((mib, statistics.median(vals), min(vals), max(vals)))
+                if pts:
+                    xs, med, lo, hi = zip(*pts)
+                    ax.errorbar(xs, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
+                                marker="o", capsize=3, label=f"{method}, {dirty:g} MB/s dirty")
+        ax.set_xlabel("container memory (MiB)")
+        ax.set_ylabel("seconds")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
