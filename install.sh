@@ -110,4 +110,6 @@ echo "$pycriu_home" > "$site/cmigrate-pycriu.pth"
 # Agents run over SSH as `cmigrate-agent` on each host's PATH.
 ln -sf "$venv/bin/cmigrate-agent" /usr/local/bin/cmigrate-agent
 ln -sf "$venv/bin/cmigrate" /usr/local/bin/cmigrate
+# The restore fast path: register it with dockerd as runtime "cmigrate-runc" (the lab does; see README).
+ln -sf "$repo/agents/cmigrate-runc" /usr/local/bin/cmigrate-runc
 say "done: $("$venv/bin/cmigrate" --version)"

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from agents import rootfs
-from agents.dockerd import Docker, criu_log_excerpt
+from agents.dockerd import FAST_RUNTIME, Docker, criu_log_excerpt
 from migrate import __version__
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             RollbackError, UsageError)
@@ -222,21 +222,33 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
+RESTORE_MAPS = Path("/run/cmigrate/restore")
+
+
 def _start_from(dk: Docker, info: dict, source: Path) -> None:
     """``docker start --checkpoint`` from any directory.
 
     Docker restores only from the container's own checkpoints folder, and refuses a checkpoint whose content
-    containerd already holds ("content sha256:... already exists"): give it a fresh copy each time, under a
-    name of its own and with a nonce so that its digest is new.
+    containerd already holds ("content sha256:... already exists"): it gets a fresh copy each time, under a name
+    of its own and with a nonce so that its digest is new. A container running under cmigrate-runc gets only a
+    stub: the wrapper has runc read the images from ``source`` itself, saving Docker's two copies.
     """
     temp_name = TEMP_PREFIX + uuid.uuid4().hex[:12]
     temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
+    mapping = RESTORE_MAPS / info["Id"]
     try:
-        _link_tree(source, temp)
+        if fast:
+            temp.mkdir(mode=0o700)
+            RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mapping.write_text(str(source))
+        else:
+            _link_tree(source, temp)
         (temp / "cmigrate-nonce").write_text(temp_name)
         dk.start_from_checkpoint(info["Id"], temp_name)
     finally:
+        mapping.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ import requests
 
 from migrate.errors import DockerError, PreflightError
 
+FAST_RUNTIME = "cmigrate-runc"   # agents/cmigrate-runc registered with dockerd (--add-runtime)
 LOG_PATH = re.compile(r"(?:log file:|path=)\s*(/\S+?\.log)")
 
 
@@ -49,6 +50,25 @@ class Docker:
     @property
     def root_dir(self) -> Path:
         return Path(self.info()["DockerRootDir"])
+
+    @property
+    def exec_root(self) -> Path:
+        """dockerd's --exec-root (the API does not say it): $CMIGRATE_DOCKER_EXEC_ROOT, or Docker's default."""
+        return Path(os.environ.get("CMIGRATE_DOCKER_EXEC_ROOT", "/var/run/docker"))
+
+    def runc_root(self, info: dict) -> Path | None:
+        """runc's state directory for this container, if its runtime is runc (or our wrapper of it)."""
+        runtime = info["HostConfig"].get("Runtime") or "runc"
+        if runtime not in ("runc", FAST_RUNTIME):
+            return None
+        # Docker 20.10 keeps every runc-based runtime's state under runtime-runc; later releases per runtime
+        for root in (self.exec_root / f"runtime-{runtime}" / "moby", self.exec_root / "runtime-runc" / "moby"):
+            if (root / info["Id"]).exists():
+                return root
+        return None
+
+    def has_fast_runtime(self) -> bool:
+        return FAST_RUNTIME in (self.info().get("Runtimes") or {})
 
     # ------------------------------------------------------------------ containers
     def inspect(self, container: str) -> dict:

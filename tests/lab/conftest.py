@@ -109,3 +109,20 @@ def docker_b(the_lab):
 def consecutive(lines: list[str]) -> bool:
     """The counter's output is 0, 1, 2, ... with no reset and no gap."""
     return [int(x) for x in lines] == list(range(len(lines)))
+
+
+@pytest.fixture
+def failing_criu():
+    """CRIU fails the dump of containers started with CMIGRATE_TEST_FAIL=1 (an action script, via runc.conf)."""
+    conf = Path("/etc/criu/runc.conf")
+    assert not conf.exists(), "a runc.conf is already there; not touching it"
+    script = lab.LAB_ROOT / f"fail-dump-{uuid.uuid4().hex[:6]}.sh"
+    script.write_text('#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0\n'
+                      'tr "\\0" "\\n" < /proc/$CRTOOLS_INIT_PID/environ | grep -qx CMIGRATE_TEST_FAIL=1 && '
+                      '{ echo "injected dump failure" >&2; exit 1; }\nexit 0\n')
+    script.chmod(0o755)
+    conf.parent.mkdir(exist_ok=True)
+    conf.write_text(f"action-script {script}\n")
+    yield
+    conf.unlink()
+    script.unlink()

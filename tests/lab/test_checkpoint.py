@@ -190,23 +190,6 @@ def test_criu_missing_or_too_old_is_refused_before_touching_the_container(docker
     assert cmigrate("-H", "hostA", "checkpoint", "ls", name).out.splitlines()[1:] == []
 
 
-@pytest.fixture
-def failing_criu():
-    """CRIU fails the dump of containers started with CMIGRATE_TEST_FAIL=1 (an action script, via runc.conf)."""
-    conf = Path("/etc/criu/runc.conf")
-    assert not conf.exists(), "a runc.conf is already there; not touching it"
-    script = lab.LAB_ROOT / f"fail-dump-{uuid.uuid4().hex[:6]}.sh"
-    script.write_text('#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] || exit 0\n'
-                      'tr "\\0" "\\n" < /proc/$CRTOOLS_INIT_PID/environ | grep -qx CMIGRATE_TEST_FAIL=1 && '
-                      '{ echo "injected dump failure" >&2; exit 1; }\nexit 0\n')
-    script.chmod(0o755)
-    conf.parent.mkdir(exist_ok=True)
-    conf.write_text(f"action-script {script}\n")
-    yield
-    conf.unlink()
-    script.unlink()
-
-
 def test_failed_checkpoint_leaves_the_container_running_and_quotes_criu_log(docker_a, failing_criu):
     name = docker_a.run_detached("-e", "CMIGRATE_TEST_FAIL=1", "busybox", "sh", "-c", COUNTER)
     docker_a.wait_logs(name, lambda lines: len(lines) >= 1)

@@ -244,3 +244,30 @@ def test_restart_always_server_moves_once_and_answers_on_its_published_port(both
         except OSError:
             assert time.monotonic() < deadline, "the server does not answer on hostB's published port"
             time.sleep(0.3)
+
+
+def test_docker_manages_the_moved_container(both):
+    a, b = both
+    name = a.run_detached("busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 1)
+    assert cmigrate(name, "hostA", "hostB").status == 0
+    assert name in b("ps", "--format", "{{.Names}}").out.split()
+    b.wait_logs(name, lambda lines: len(lines) >= 1)
+    b("stop", "-t", "1", name)
+    assert b("inspect", "-f", "{{.State.Status}}", name).out.strip() == "exited"
+    b("start", name)   # a plain start: a fresh run of the same container
+    assert running(b, name)
+    b("rm", "-f", name)
+    assert absent(b, name)
+
+
+def test_dump_failure_leaves_the_container_running_on_the_source(both, failing_criu):
+    a, b = both
+    name = a.run_detached("-e", "CMIGRATE_TEST_FAIL=1", "busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 1)
+    res = cmigrate(name, "hostA", "hostB")
+    one_line(res, "hostA", "checkpoint failed, CRIU says:")
+    assert "Error" in res.err
+    assert running(a, name) and absent(b, name) and no_work_left()
+    before = a.logs(name)
+    a.wait_logs(name, lambda lines: len(lines) >= len(before) + 1)
