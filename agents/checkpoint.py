@@ -250,6 +250,19 @@ def _start_from(dk: Docker, info: dict, source: Path) -> None:
     finally:
         mapping.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
+        _remove_containerd_copy(temp_name)
+
+
+def _remove_containerd_copy(temp_name: str) -> None:
+    """containerd 1.6 unpacks each restored checkpoint into $XDG_RUNTIME_DIR or /tmp (``ctrd-checkpoint*``) and
+    never removes it (containerd#10166): a full copy of the images leaked per restore. Ours carry our nonce."""
+    for tmp in {os.environ.get("CMIGRATE_CONTAINERD_TMP") or "/tmp", "/tmp"}:
+        for leaked in Path(tmp).glob("ctrd-checkpoint*"):
+            try:
+                if (leaked / "cmigrate-nonce").read_text() == temp_name:
+                    shutil.rmtree(leaked, ignore_errors=True)
+            except OSError:
+                continue
 
 
 def restore(args: dict, ch) -> dict:

@@ -378,7 +378,8 @@ def _keygen(path: Path, comment: str) -> str:
 
 
 def _sshd_config(h: LabHost) -> str:
-    env = f"DOCKER_HOST={h.docker_url} CMIGRATE_DOCKER_EXEC_ROOT={h.exec_root} CMIGRATE_HOST={h.name}"
+    env = (f"DOCKER_HOST={h.docker_url} CMIGRATE_DOCKER_EXEC_ROOT={h.exec_root} CMIGRATE_HOST={h.name} "
+           f"CMIGRATE_CONTAINERD_TMP={h.exec_root}/tmp")
     return f"""# cmigrate lab: sshd of {h.name}
 ListenAddress {h.address}
 Port 22
@@ -449,9 +450,14 @@ def _start_dockerd(h: LabHost) -> None:
         "--shutdown-timeout", "3", "--log-level", "warn",
         "--add-runtime", f"cmigrate-runc={FAST_RUNC}",
     ]
+    # containerd unpacks restored checkpoints into $XDG_RUNTIME_DIR (default /tmp) and leaks them
+    # (containerd#10166): keep them inside the lab, where the agents clean them and lab down removes the rest.
+    (h.exec_root / "tmp").mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(h.exec_root / "tmp")}
     # setsid --fork detaches dockerd from us: it outlives this command and is not our child to reap.
     with open(h.state / "dockerd.log", "ab") as log:
-        res = subprocess.run(["setsid", "--fork", *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        res = subprocess.run(["setsid", "--fork", *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             env=env)
     if res.returncode != 0:
         raise LabError(f"cannot start {h.name}'s dockerd", detail=_log_tail(h.state / "dockerd.log"))
 

@@ -80,6 +80,10 @@ def test_rewind_to_the_first_of_two_checkpoints_brings_memory_and_files_back(doc
     docker_a("stop", "-t", "1", name)
     assert cmigrate("-H", "hostA", "start", "--checkpoint", "first", name).status == 0
     assert docker_a.state(name) == "running"
+    # containerd's unpacked copies of our restores (it never removes them, containerd#10166) are gone
+    leaked = [d for d in (lab.host("hostA").exec_root / "tmp").glob("ctrd-checkpoint*")
+              if (d / "cmigrate-nonce").exists()]
+    assert leaked == []
 
 
 def test_custom_checkpoint_dir_is_private_and_restores(docker_a, tmp_path):

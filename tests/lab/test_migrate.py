@@ -49,7 +49,6 @@ def test_counter_moves_to_hostB_and_back_without_reset(both):
     assert res.status == 0, res.err
     assert "downtime" in res.out
     assert running(b, name) and absent(a, name), "the container must run on hostB only"
-    on_a = [int(x) for x in a.made and []]  # (hostA's logs went with its container)
     lines_b = b.wait_logs(name, lambda lines: len(lines) >= 2)
     n = [int(x) for x in lines_b]
     assert n == list(range(n[0], n[0] + len(n))) and n[0] >= 3, f"hostB's counter did not continue: {n}"
@@ -62,7 +61,7 @@ def test_counter_moves_to_hostB_and_back_without_reset(both):
     assert running(a, name) and absent(b, name)
     back = [int(x) for x in a.wait_logs(name, lambda lines: len(lines) >= 2)]
     assert back[0] > n[-1] - 1 and back == list(range(back[0], back[0] + len(back))), back
-    assert no_work_left() and not on_a
+    assert no_work_left()
 
 
 def test_files_deleted_file_and_named_volume_move(both):
@@ -119,7 +118,7 @@ def test_image_absent_on_destination_is_transferred(both):
         assert running(b, name)
     finally:
         for d in (a, b):
-            d("rm", "-f", *[n for n in a.made], check=False)
+            d("rm", "-f", *a.made, check=False)
             d("rmi", "-f", tag, check=False)
 
 
@@ -166,8 +165,7 @@ def test_errors_before_anything_is_touched(both, tmp_path):
     res = cmigrate("-F", str(config), name, "hostA", "hostB")
     one_line(res, "hostA", "host key", "not known", "SHA256:")
     # name taken on the destination
-    b.run_detached("--name", name, "busybox", "sleep", "1000") if False else b("run", "-d", "--name", name, "busybox",
-                                                                                "sleep", "1000")
+    b("run", "-d", "--name", name, "busybox", "sleep", "1000")
     one_line(cmigrate(name, "hostA", "hostB"), "hostB", f"a container named {name} already exists")
     b("rm", "-f", name)
     assert running(a, name) and absent(b, name) and no_work_left()
