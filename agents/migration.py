@@ -24,7 +24,7 @@ from agents.dockerd import FAST_RUNTIME, Docker, criu_log_excerpt
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             TransportError)
 from migrate.hostinfo import require_criu
-from transport import framing, streams
+from transport import streams
 
 WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory

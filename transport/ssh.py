@@ -324,11 +324,3 @@ class SSHProcess:
 
     def close(self) -> None:
         self.chan.close()
-
-
-def open_host(name: str, config_path: str | None = None):
-    """``local`` is this machine; any other name is an SSH host from the config."""
-    if name == "local":
-        from transport.hosts import LocalHost
-        return LocalHost()
-    return SSHHost(name, config_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,8 +223,3 @@ def verify(manifest: dict[str, dict], written: dict[str, dict]) -> None:
             or f"{len(extra)} unexpected"
         example = (missing or bad or extra)[0]
         raise TransportError(f"the transferred files failed verification: {what} (e.g. {example})")
-
-
-def is_special(path: Path) -> bool:
-    mode = os.lstat(path).st_mode
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))

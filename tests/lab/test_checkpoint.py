@@ -5,8 +5,6 @@ import os
 import stat
 import subprocess
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 

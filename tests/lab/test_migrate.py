@@ -13,7 +13,7 @@ import pytest
 
 import migrate
 from migrate import lab
-from migrate.errors import HostKeyError, MigrationError, PreflightError, TransportError
+from migrate.errors import MigrationError, PreflightError
 from tests.lab.conftest import COUNTER, RemoteDocker, cmigrate, consecutive
 
 WORK_ROOTS = [h.data_root / "cmigrate-migrations" for h in lab.HOSTS]
