@@ -265,6 +265,26 @@ def _remove_containerd_copy(temp_name: str) -> None:
                 continue
 
 
+def restore_from(dk: Docker, info: dict, images: Path) -> None:
+    """Restore a stopped container from ``images``: its writable layer first (put back as it was if the restore
+    fails), then memory and processes; it must be running afterwards."""
+    name = info["Name"].lstrip("/")
+    layer = images / META_DIR / "rootfs.tar"
+    replaced = rootfs.Replaced(rootfs.upper_dir(info), layer) if layer.exists() else None
+    try:
+        _start_from(dk, info, images)
+    except MigrationError as exc:
+        if replaced:
+            replaced.undo()
+        if isinstance(exc, DockerError):
+            raise _criu_failure(RestoreError, "restore", exc, name) from exc
+        raise
+    if replaced:
+        replaced.commit()
+    if not dk.inspect(info["Id"])["State"].get("Running"):
+        raise RestoreError(f"container {name} stopped right after its restore", container=name)
+
+
 def restore(args: dict, ch) -> dict:
     container, name = args["container"], validate_checkpoint(args["name"])
     custom = _checkpoint_dir(args)
@@ -278,22 +298,8 @@ def restore(args: dict, ch) -> dict:
         source = base / name
         if not (source / "inventory.img").exists():
             raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
-        layer = source / META_DIR / "rootfs.tar"
-        upper = rootfs.upper_dir(info)
         started = time.monotonic()
-        replaced = rootfs.Replaced(upper, layer) if layer.exists() else None
-        try:
-            _start_from(dk, info, source)
-        except MigrationError as exc:
-            if replaced:
-                replaced.undo()
-            if isinstance(exc, DockerError):
-                raise _criu_failure(RestoreError, "restore", exc, container) from exc
-            raise
-        if replaced:
-            replaced.commit()
-        if not dk.inspect(info["Id"])["State"].get("Running"):
-            raise RestoreError(f"container {container} stopped right after its restore", container=container)
+        restore_from(dk, info, source)
         return {"container": container, "name": name, "seconds": time.monotonic() - started}
     finally:
         dk.close()

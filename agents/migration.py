@@ -8,6 +8,7 @@ session ends first (the CLI died, the link was cut), the destination agent remov
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -18,10 +19,10 @@ from pathlib import Path
 import zstandard
 
 from agents import rootfs
-from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, _start_from, dir_size,
-                               this_host)
+from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
+                               restore_from, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_log_excerpt
-from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
+from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError,
                             TransportError)
 from migrate.hostinfo import require_criu
 from transport import streams
@@ -32,6 +33,7 @@ CHECKPOINT = "migration"   # Docker's name for the checkpoint inside the work di
 UNSUPPORTED_MODES = ("container:",)
 
 
+@functools.cache
 def work_root() -> Path:
     """Where migrations keep their files on this host: ``$CMIGRATE_WORK_ROOT`` or beside Docker's own data."""
     if os.environ.get("CMIGRATE_WORK_ROOT"):
@@ -407,22 +409,10 @@ def _link_lost(exc: BaseException) -> bool:
 
 
 def dest_restore(args: dict, ch) -> dict:
-    cid = args["container_id"]
     work = _workdir(args["migration_id"], "dst")
-    images = work / CHECKPOINT
     dk = Docker()
     try:
-        info = dk.inspect(cid)
-        layer = images / META_DIR / "rootfs.tar"
-        replaced = rootfs.Replaced(rootfs.upper_dir(info), layer) if layer.exists() else None
-        try:
-            _start_from(dk, info, images)
-        except DockerError as exc:
-            raise _criu_failure(RestoreError, "restore", exc, info["Name"].lstrip("/")) from exc
-        if replaced:
-            replaced.commit()
-        if not dk.inspect(cid)["State"].get("Running"):
-            raise RestoreError("the container stopped right after its restore", container=cid)
+        restore_from(dk, dk.inspect(args["container_id"]), work / CHECKPOINT)
         return {"running_at": time.time()}
     finally:
         dk.close()
