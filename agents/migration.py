@@ -11,21 +11,23 @@ from __future__ import annotations
 import functools
 import json
 import os
+import select
 import shutil
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
 import zstandard
 
-from agents import rootfs
+from agents import link, rootfs
 from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                restore_from, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_log_excerpt
-from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError,
+from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RollbackError,
                             TransportError)
 from migrate.hostinfo import require_criu
-from transport import streams
+from transport import framing, streams
 
 WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory
@@ -132,57 +134,121 @@ def source_send_image(args: dict, ch) -> dict:
 
 
 def source_dump(args: dict, ch) -> dict:
-    """Freeze and dump: pause, checkpoint with exit, save the writable layer. The container is stopped after."""
+    """Freeze and dump, then save the writable layer.
+
+    Where runc is reachable (the usual case) the container is frozen (``runc pause``) and dumped with
+    ``--leave-running``: it stays frozen, whole, until the migration ends, so a rollback is an instant thaw and
+    nothing depends on the images. With ``page_link`` its memory pages go straight into the direct data link
+    (CRIU's page server on the destination) instead of onto this disk. Without runc, Docker's own checkpoint
+    (with exit) is used, and a rollback restores from the images.
+    """
     cid = args["container_id"]
     work = _workdir(args["migration_id"], "src", create=True)
     dk = Docker()
     try:
         info = dk.inspect(cid)
         upper = rootfs.upper_dir(info)
-        # the source must not start a fresh copy when the dump stops it; rollback gives the policy back
-        policy = dk.set_restart_policy(cid, None)
         name = info["Name"].lstrip("/")
         runc_root = dk.runc_root(info)
+        policy = None
+        page_bytes = 0
         t0 = time.time()
-        try:
-            if runc_root:
-                _runc_dump(runc_root, cid, work)
-            else:
+        if runc_root:
+            conn = LINKS.get(args["migration_id"]) if args.get("page_link") else None
+            if args.get("page_link") and conn is None:
+                raise TransportError("no direct data link was opened for this migration")
+            try:
+                page_bytes = _runc_freeze_dump(runc_root, cid, work, conn, _throttled(ch))
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        else:
+            # the source must not start a fresh copy when the dump stops it; rollback gives the policy back
+            policy = dk.set_restart_policy(cid, None)
+            t0 = time.time()
+            try:
                 dk.pause(cid)   # so that the files saved below belong to the same instant as the memory
                 dk.checkpoint_create(cid, CHECKPOINT, str(work), exit=True)
-        except (DockerError, CheckpointError) as exc:
-            _resume_after_failure(dk, info, name, work / CHECKPOINT, policy)
-            shutil.rmtree(work, ignore_errors=True)
-            if isinstance(exc, DockerError):
+            except DockerError as exc:
+                _resume_after_failure(dk, info, name, work / CHECKPOINT, policy)
+                shutil.rmtree(work, ignore_errors=True)
                 raise _criu_failure(CheckpointError, "checkpoint", exc, name) from exc
-            raise
-        _wait_stopped(dk, cid)
+            _wait_stopped(dk, cid)
         t_dumped = time.time()
         images = work / CHECKPOINT
         layer = rootfs.save(upper, images / META_DIR / "rootfs.tar")
         (images / META_DIR / "meta.json").write_text(json.dumps({"container_id": cid, "rootfs": layer}))
         _lock_down(work)
         return {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
-                "images_bytes": dir_size(images), "restart_policy": policy}
+                "images_bytes": dir_size(images), "restart_policy": policy, "frozen": bool(runc_root),
+                "page_bytes": page_bytes}
     finally:
         dk.close()
 
 
-def _runc_dump(runc_root: Path, cid: str, work: Path) -> None:
-    """Dump with runc itself: Docker's checkpoint would copy the images through containerd's content store
-    twice, seconds per 100 MB, all of it frozen time. runc kills the container once dumped; Docker sees an exit."""
+def _runc(runc_root: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True)
+
+
+def _throttled(ch, every: float = 0.5):
+    """A byte counter that tells the CLI how much went, at most every ``every`` seconds (also its sign of life)."""
+    state = [time.monotonic(), 0]
+
+    def count(n: int) -> None:
+        state[1] += n
+        if time.monotonic() - state[0] >= every:
+            ch.emit({"event": "bytes", "bytes": state[1]})
+            state[:] = [time.monotonic(), 0]
+    return count
+
+
+def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, on_bytes=None) -> int:
+    """Freeze with runc and dump with ``--leave-running``: CRIU finds the cgroup frozen and leaves it so (no
+    100 ms freezer polling either). Docker's checkpoint would copy the images through containerd's content
+    store twice, seconds per 100 MB, all of it frozen time. On failure the container is thawed and runs on."""
     images, scratch = work / CHECKPOINT, work / "criu-work"
     images.mkdir(mode=0o700)
     scratch.mkdir(mode=0o700)
-    res = subprocess.run(["runc", "--root", str(runc_root), "checkpoint", "--image-path", str(images),
-                          "--work-path", str(scratch), cid], capture_output=True, text=True)
+    res = _runc(runc_root, "pause", cid)
     if res.returncode != 0:
+        raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
+    argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
+    relay = None
+    try:
+        if conn is not None:
+            relay = link.PageRelay(conn, on_bytes)
+            argv += ["--page-server", relay.address]
+        res = _runc(runc_root, *argv, cid)
+        if relay is not None:
+            relay.finish(ok=res.returncode == 0)
+    except BaseException:
+        _runc(runc_root, "resume", cid)
+        if conn is not None:
+            conn.close()
+        raise
+    if res.returncode != 0:
+        _runc(runc_root, "resume", cid)
+        if conn is not None:   # the destination sees the stream end and gives up its half
+            conn.close()
         log = scratch / "dump.log"
         _, excerpt = criu_log_excerpt(f"log file: {log}")
         first = (excerpt.splitlines() or [res.stderr.strip() or "runc checkpoint failed"])[0]
         raise CheckpointError(f"checkpoint failed, CRIU says: {first.split('): ', 1)[-1]}",
                               detail=f"CRIU log {log}:\n{excerpt}" if excerpt else res.stderr.strip())
     shutil.rmtree(scratch, ignore_errors=True)
+    return relay.sent if relay is not None else 0
+
+
+def runc_state(runc_root: Path | None, cid: str) -> str | None:
+    if runc_root is None:
+        return None
+    res = _runc(runc_root, "state", cid)
+    if res.returncode != 0:
+        return None
+    try:
+        return json.loads(res.stdout).get("status")
+    except ValueError:
+        return None
 
 
 def _wait_stopped(dk: Docker, cid: str, timeout: float = 30.0) -> None:
@@ -194,22 +260,60 @@ def _wait_stopped(dk: Docker, cid: str, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+LINKS: dict[str, link.Link] = {}
+
+
+def source_connect(args: dict, ch) -> dict:
+    """Open the direct data link to the destination (before the freeze): OpenSSH from this host."""
+    mid = args["migration_id"]
+    _workdir(mid, "src")   # validates the id
+    if mid in LINKS:
+        LINKS.pop(mid).close()
+    LINKS[mid] = link.Link(args["target"], args["socket"], args["token"], args.get("agent") or "cmigrate-agent",
+                           args.get("io_timeout"))
+    return {"connected": True}
+
+
 def source_send(args: dict, ch) -> dict:
     work = _workdir(args["migration_id"], "src")
     sources = [streams.Source(work / CHECKPOINT, IMAGES)]
     for i, vol in enumerate(args.get("volumes", [])):
         sources.append(streams.Source(Path(vol["source"]), f"vol{i}"))
-    return streams.send_tree(sources, ch.stdout, level=args.get("level", 3), threads=args.get("threads", -1))
+    level, threads = args.get("level", 3), args.get("threads", -1)
+    if not args.get("direct"):
+        return streams.send_tree(sources, ch.stdout, level=level, threads=threads)
+    conn = LINKS.pop(args["migration_id"], None)
+    if conn is None:
+        raise TransportError("no direct data link was opened for this migration")
+    progress = _throttled(ch)
+    try:
+        try:
+            sent = streams.send_tree(sources, conn.stdin, level=level, threads=threads, on_wire=progress)
+            framing.send(conn.stdin, {"type": "end", "manifest": sent["manifest"]})
+        except OSError as exc:   # ssh exited under us: its own message says why
+            raise conn._failure(f"the data link to {conn.target} broke") from exc
+        conn.finish()
+    finally:
+        conn.close()
+    return sent
 
 
 def source_resume(args: dict, ch) -> dict:
-    """Rollback: the container runs again on the source, from the images it was dumped to."""
+    """Rollback: the container runs again on the source: thawed, or restored from the images it was dumped to."""
     cid = args["container_id"]
     work = _workdir(args["migration_id"], "src")
     dk = Docker()
     try:
         info = dk.inspect(cid)
-        _resume_after_failure(dk, info, info["Name"].lstrip("/"), work / CHECKPOINT, args.get("restart_policy"))
+        runc_root = dk.runc_root(info)
+        if runc_state(runc_root, cid) == "paused" and not info["State"].get("Paused"):
+            res = _runc(runc_root, "resume", cid)   # frozen by source.dump: thawing is the whole rollback
+            if res.returncode != 0:
+                raise RollbackError(f"cannot thaw container {info['Name'].lstrip('/')}: {res.stderr.strip()}",
+                                    container=cid)
+        else:
+            _resume_after_failure(dk, info, info["Name"].lstrip("/"), work / CHECKPOINT,
+                                  args.get("restart_policy"))
         shutil.rmtree(work, ignore_errors=True)
         return {"running": dk.inspect(cid)["State"].get("Running", False)}
     finally:
@@ -222,6 +326,7 @@ def source_finish(args: dict, ch) -> dict:
     work = _workdir(args["migration_id"], "src")
     dk = Docker()
     try:
+        _stop_frozen(dk, cid)
         if args.get("keep"):
             info = dk.inspect(cid)
             name = "migrated-" + time.strftime("%Y%m%d-%H%M%S")
@@ -244,6 +349,19 @@ def source_finish(args: dict, ch) -> dict:
         dk.close()
 
 
+def _stop_frozen(dk: Docker, cid: str) -> None:
+    """End the frozen source container without letting it run a single instruction: no restart policy, SIGKILL
+    pending, then thaw (the kernel delivers the kill on the way out of the freezer)."""
+    info = dk.inspect(cid)
+    runc_root = dk.runc_root(info)
+    if runc_state(runc_root, cid) != "paused" or info["State"].get("Paused"):
+        return
+    dk.set_restart_policy(cid, None)
+    _runc(runc_root, "kill", cid, "KILL")
+    _runc(runc_root, "resume", cid)
+    _wait_stopped(dk, cid)
+
+
 # ====================================================================== destination
 class _Pending:
     """What this destination agent made for a migration that is not committed yet."""
@@ -252,6 +370,7 @@ class _Pending:
     migration_id: str | None = None
     volumes: list[str] = []
     committed = True
+    listener: link.Listener | None = None
 
 
 PENDING = _Pending()
@@ -359,7 +478,8 @@ def dest_create(args: dict, ch) -> dict:
         cid = resp.json()["Id"]
         PENDING.container_id, PENDING.migration_id, PENDING.committed = cid, args["migration_id"], False
         PENDING.volumes = sorted({v.name for v in dk.client.volumes.list()} - before)
-        _workdir(args["migration_id"], "dst", create=True)
+        if not _workdir(args["migration_id"], "dst").is_dir():
+            _workdir(args["migration_id"], "dst", create=True)
         info = dk.inspect(cid)
         mounts = {m["Destination"]: m["Source"] for m in info.get("Mounts", []) if m["Type"] == "volume"}
         return {"id": cid, "volume_sources": mounts}
@@ -373,6 +493,13 @@ def dest_receive(args: dict, ch) -> dict:
     for i, src in enumerate(args.get("volume_sources", [])):
         targets[f"vol{i}"] = Path(src)
     (work / CHECKPOINT).mkdir(mode=0o700, exist_ok=True)
+    listener, PENDING.listener = PENDING.listener, None
+    if args.get("direct"):
+        if listener is None:
+            raise TransportError("no direct data link is waiting for this migration")
+        return _receive_direct(listener, targets, args, getattr(ch.stdin, "fd", None))
+    if listener is not None:
+        listener.close()
     reader = streams.FrameReader(ch.stdin)
     _watch_link(ch, args)
     try:
@@ -392,6 +519,75 @@ def dest_receive(args: dict, ch) -> dict:
         raise TransportError("the transfer was aborted by the sender")
     streams.verify(end.get("manifest") or {}, written)
     return {"files": len(written), "wire_bytes": reader.received}
+
+
+def _receive_direct(listener: link.Listener, targets: dict[str, Path], args: dict, cli: int | None) -> dict:
+    conn = listener.accept(args.get("io_timeout"))
+    reader = streams.FrameReader(conn)
+    try:
+        if args.get("pages"):
+            _page_server(conn, targets[IMAGES], cli)
+        try:
+            written = streams.receive_tree(reader, targets)
+            end = reader.drain()
+        except (EOFError, tarfile.ReadError) as exc:
+            raise TransportError(f"the data link closed before the transfer was complete: {exc}") from exc
+        except (OSError, zstandard.ZstdError) as exc:
+            raise TransportError(f"the transfer stream is corrupt: {exc}") from exc
+    finally:
+        conn.close()
+    if end.get("type") != "end":
+        raise TransportError("the transfer was aborted by the sender")
+    streams.verify(end.get("manifest") or {}, written)
+    return {"files": len(written), "wire_bytes": reader.received}
+
+
+def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None:
+    """The first part of the stream is CRIU's page-server protocol: ``criu page-server`` reads it straight from
+    the link's socket and writes the pages into the images; it stops at the dump's last message."""
+    sock = conn.conn
+    sock.setblocking(True)   # CRIU reads the descriptor as it is
+    fd = sock.fileno()
+    log = images.parent / "page-server.log"
+    proc = subprocess.Popen(["criu", "page-server", "--images-dir", str(images), "--work-dir", str(images.parent),
+                             "--log-file", log.name, "-v2", "--ps-socket", str(fd)],
+                            pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None:
+            # the CLI says nothing during a receive: its session ending (EOF) means it is gone
+            if cli is None:
+                time.sleep(0.2)
+                continue
+            ready, _, _ = select.select([cli], [], [], 1.0)
+            if ready and not os.read(cli, 1):
+                from agents.main import SessionLost
+                raise SessionLost("the CLI went away while the pages were arriving")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+    sock.settimeout(conn.timeout)
+    if proc.returncode != 0:
+        _, excerpt = criu_log_excerpt(f"log file: {log}")
+        first = (excerpt.splitlines() or [err.strip() or f"exit status {proc.returncode}"])[0]
+        raise TransportError(f"receiving the memory pages failed, CRIU's page server says: "
+                             f"{first.split('): ', 1)[-1]}", detail=excerpt)
+
+
+def dest_listen(args: dict, ch) -> dict:
+    """Wait for a direct data link from the source (agents/link.py): a unix socket in the work dir."""
+    work = _workdir(args["migration_id"], "dst")
+    if not work.is_dir():
+        _workdir(args["migration_id"], "dst", create=True)
+    if PENDING.migration_id not in (None, args["migration_id"]):
+        raise TransportError("this agent is busy with another migration")
+    PENDING.migration_id, PENDING.committed = args["migration_id"], False
+    if PENDING.listener is not None:
+        PENDING.listener.close()
+    PENDING.listener = link.Listener(work)
+    return {"socket": str(PENDING.listener.path), "token": PENDING.listener.token}
 
 
 def _watch_link(ch, args: dict) -> None:
@@ -427,6 +623,9 @@ def dest_commit(args: dict, ch) -> dict:
 def dest_discard(args: dict | None = None, ch=None) -> dict:
     """Remove what this migration made here: the container, volumes it created, received files."""
     removed = []
+    if PENDING.listener is not None:
+        PENDING.listener.close()
+        PENDING.listener = None
     if PENDING.container_id:
         dk = Docker()
         try:
@@ -451,6 +650,11 @@ def dest_discard(args: dict | None = None, ch=None) -> dict:
 
 def on_session_end() -> None:
     """The CLI went away before committing: nothing of this migration may stay on the destination."""
+    while LINKS:
+        LINKS.popitem()[1].close()
+    if PENDING.listener is not None:
+        PENDING.listener.close()
+        PENDING.listener = None
     if not PENDING.committed:
         dest_discard()
 
@@ -459,12 +663,14 @@ OPERATIONS = {
     "source.inspect": source_inspect,
     "source.send_image": source_send_image,
     "source.dump": source_dump,
+    "source.connect": source_connect,
     "source.send": source_send,
     "source.resume": source_resume,
     "source.finish": source_finish,
     "dest.preflight": dest_preflight,
     "dest.receive_image": dest_receive_image,
     "dest.create": dest_create,
+    "dest.listen": dest_listen,
     "dest.receive": dest_receive,
     "dest.restore": dest_restore,
     "dest.commit": dest_commit,

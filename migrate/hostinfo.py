@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from migrate.errors import MigrationError, PreflightError
@@ -51,13 +52,15 @@ def criu_info(host: Host, criu: str = "criu") -> CriuInfo:
     if res.status != 0 or version is None:
         return CriuInfo(version=None, check_message="criu is not installed")
     info = CriuInfo(version=".".join(map(str, version)))
-    check = host.run([criu, "check"], check=False, timeout=60)
+    with ThreadPoolExecutor(3) as pool:   # three independent probes of the kernel: at once
+        check, dirty, uffd = pool.map(lambda argv: host.run(argv, check=False, timeout=60),
+                                      [[criu, "check"], [criu, "check", "--feature", "mem_dirty_track"],
+                                       [criu, "check", "--feature", "uffd-noncoop"]])
     lines = [ln for ln in (check.out + check.err).splitlines() if ln.strip()]
     info.check_ok = check.status == 0
     info.check_message = "Looks good." if info.check_ok else (lines[-1] if lines else f"exit {check.status}")
-    info.dirty_tracking = host.run([criu, "check", "--feature", "mem_dirty_track"], check=False,
-                                   timeout=60).status == 0
-    info.uffd = host.run([criu, "check", "--feature", "uffd-noncoop"], check=False, timeout=60).status == 0
+    info.dirty_tracking = dirty.status == 0
+    info.uffd = uffd.status == 0
     return info
 
 

@@ -379,7 +379,7 @@ def _keygen(path: Path, comment: str) -> str:
 
 def _sshd_config(h: LabHost) -> str:
     env = (f"DOCKER_HOST={h.docker_url} CMIGRATE_DOCKER_EXEC_ROOT={h.exec_root} CMIGRATE_HOST={h.name} "
-           f"CMIGRATE_CONTAINERD_TMP={h.exec_root}/tmp")
+           f"CMIGRATE_CONTAINERD_TMP={h.exec_root}/tmp CMIGRATE_SSH_CONFIG={SSH_CONFIG}")
     return f"""# cmigrate lab: sshd of {h.name}
 ListenAddress {h.address}
 Port 22

@@ -14,18 +14,21 @@ freeze covers only dump, transfer and restore.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from migrate.errors import MigrationError, RollbackError, UsageError
+from migrate.errors import MigrationError, RollbackError, TransportError, UsageError
 from migrate.hosts import open_host
 from migrate.names import validate_container, validate_host
-from transport.agent import AgentSession
+from transport.agent import DEFAULT_AGENT, AgentSession
 
 Progress = Callable[[dict], None]
 MODES = ("stop-copy", "auto")
+DATA_PATHS = ("auto", "direct", "relay")
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Report:
     destination: str
     migration_id: str
     mode: str = "stop-copy"
+    data_path: str = "relay"
+    pages_streamed: bool = False
     phases: dict[str, float] = field(default_factory=dict)
     downtime: float = 0.0
     frozen_dump: float = 0.0
@@ -63,7 +68,8 @@ class Report:
 
     def human(self) -> str:
         mib = 2 ** 20
-        lines = [f"migrated {self.container}: {self.source} -> {self.destination} ({self.mode})"]
+        lines = [f"migrated {self.container}: {self.source} -> {self.destination} ({self.mode}, data "
+                 f"{'straight from ' + self.source if self.data_path == 'direct' else 'relayed by this machine'})"]
         lines += [f"  {name:<10} {secs * 1000:8.0f} ms" for name, secs in self.phases.items()]
         lines.append(f"  downtime   {self.downtime * 1000:8.0f} ms  (frozen on {self.source} -> running on "
                      f"{self.destination})")
@@ -78,11 +84,16 @@ class Report:
 
 def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
-            io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None) -> Report:
+            io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None,
+            data_path: str = "auto") -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
     :class:`MigrationError` subclass on failure, after putting the container back on the source.
+
+    ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
+    them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
+    machine; ``auto`` tries direct and falls back to relay (the report says which was used, and why).
     """
     container = validate_container(container)
     validate_host(source)
@@ -91,11 +102,14 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"source and destination are the same host ({source})")
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not available: choose from {', '.join(MODES)}")
+    if data_path not in DATA_PATHS:
+        raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
     if not 1 <= level <= 19:
         raise UsageError(f"compression level {level} is out of range 1..19")
     emit = progress or (lambda event: None)
-    return _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout,
-                      emit, agent).run()
+    m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
+    m.data_path = data_path
+    return m.run()
 
 
 class _Migration:
@@ -140,8 +154,13 @@ class _Migration:
         r = self.report
         t = time.monotonic()
         self.emit({"event": "phase", "phase": "preflight"})
-        self.src = self._open(self.src_name)
-        self.dst = self._open(self.dst_name)
+        with ThreadPoolExecutor(2) as pool:   # two SSH handshakes and agent starts at once
+            opening = [pool.submit(self._open, name) for name in (self.src_name, self.dst_name)]
+            wait(opening)
+        self.src, self.dst = (f.result() if not f.exception() else None for f in opening)
+        for f in opening:
+            if f.exception():
+                raise f.exception()
         info = self.src_info = self.src.call("source.inspect", container=self.container)
         r.memory_bytes = info["memory_bytes"]
         # room for the images, the writable layer, the volumes and (maybe) the image, with a margin
@@ -169,18 +188,42 @@ class _Migration:
             self.emit({"event": "transfer-done", "what": "image"})
             self.phase("image", t)
         t = time.monotonic()
+        # the direct link's SSH handshake (source -> destination) overlaps the container's creation
+        connecting = self.data_path != "relay" and self._start_link()
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
                                 migration_id=self.id)
         self.dst_id = r.destination_id = created["id"]
         volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
+        if connecting:
+            try:
+                self.src.wait()
+                r.data_path = "direct"
+            except MigrationError as exc:
+                self._no_link(exc)
         self.phase("create", t)
 
         # ---- the freeze: from here until the destination runs, the container is down
+        send_args = dict(migration_id=self.id, volumes=[{"source": v["source"]} for v in info["volumes"]],
+                         level=self.level, threads=self.threads)
+        receive_args = {"migration_id": self.id, "volume_sources": volume_sources, "io_timeout": self.io_timeout}
+        direct = r.data_path == "direct"
+        # pages straight into the link, unless the source must keep a complete checkpoint of its own
+        r.pages_streamed = direct and not self.keep_source
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
-        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
+        if direct:
+            self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, **receive_args)
+        try:
+            on_bytes = self._bytes("checkpoint")
+            dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
+                                             page_link=r.pages_streamed,
+                                             progress=lambda m: on_bytes(m.get("bytes", 0)))
+        except MigrationError:
+            if direct:
+                self._collect_dest()
+            raise
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t_freeze)
         t = time.monotonic()
@@ -188,15 +231,15 @@ class _Migration:
                    sum(v["bytes"] for v in info["volumes"])})
         self.src.set_timeout(self.io_timeout)
         self.dst.set_timeout(self.io_timeout)
-        sent, _ = self.src.relay("source.send", self.dst, "dest.receive",
-                                 {"migration_id": self.id, "volume_sources": volume_sources,
-                                  "io_timeout": self.io_timeout},
-                                 self._bytes("checkpoint"), migration_id=self.id,
-                                 volumes=[{"source": v["source"]} for v in info["volumes"]],
-                                 level=self.level, threads=self.threads)
+        if direct:
+            sent = self._send_direct(send_args)
+        else:
+            sent, _ = self.src.relay("source.send", self.dst, "dest.receive", receive_args,
+                                     self._bytes("checkpoint"), **send_args)
         self.src.set_timeout(None)
         self.dst.set_timeout(None)
-        r.raw_bytes, r.wire_bytes = sent["raw_bytes"], sent["wire_bytes"]
+        r.raw_bytes = sent["raw_bytes"] + dump.get("page_bytes", 0)
+        r.wire_bytes = sent["wire_bytes"] + dump.get("page_bytes", 0)
         self.emit({"event": "transfer-done", "what": "checkpoint"})
         self.phase("transfer", t)
         t = time.monotonic()
@@ -223,6 +266,54 @@ class _Migration:
                 r.agent_peak_rss_kib[role] = session.call("stats")["peak_rss_kib"]
             except MigrationError:
                 pass
+
+    def _start_link(self) -> bool:
+        """Ask the source to open the direct data link to the destination; its answer is collected later."""
+        try:
+            listen = self.dst.call("dest.listen", migration_id=self.id)
+        except MigrationError as exc:
+            self._no_link(exc)
+            return False
+        self.src.start("source.connect", migration_id=self.id, target=self.dst_name, socket=listen["socket"],
+                       token=listen["token"], io_timeout=self.io_timeout,
+                       agent=self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT)
+        return True
+
+    def _no_link(self, exc: MigrationError) -> None:
+        """No direct link: an error if it was asked for, else the data is relayed (and the report says why)."""
+        if self.data_path == "direct":
+            exc.hint = exc.hint or (f"{self.src_name} must reach {self.dst_name} by ssh with its own keys and "
+                                    "known hosts; or use --data-path relay")
+            raise exc
+        self.report.warnings.append(f"no direct link {self.src_name} -> {self.dst_name} ({exc.message}); "
+                                    "the data was relayed through this machine")
+
+    def _send_direct(self, send_args: dict) -> dict:
+        """The source streams straight to the destination (its ``dest.receive`` is running); the CLI watches."""
+        on_bytes = self._bytes("checkpoint")
+        try:
+            sent = self.src.call("source.send", progress=lambda m: on_bytes(m.get("bytes", 0)), direct=True,
+                                 **send_args)
+        except MigrationError:
+            self._collect_dest()
+            raise
+        # everything has arrived: the destination only checks it against the manifest and answers
+        self.dst.set_timeout(self.io_timeout)
+        try:
+            self.dst.wait()
+        except TransportError:
+            self.dst.sever()
+            raise
+        return sent
+
+    def _collect_dest(self) -> None:
+        """The source failed mid-stream: the destination sees its stream end and answers (an error); if its link
+        is gone too, stop waiting for it (it cleans up by itself)."""
+        self.dst.set_timeout(self.io_timeout)
+        try:
+            self.dst.wait()
+        except MigrationError:
+            self.dst.sever()
 
     def _bytes(self, what: str):
         return lambda n: self.emit({"event": "bytes", "what": what, "bytes": n})

@@ -113,10 +113,10 @@ class Source:
 
 
 def send_tree(sources: list[Source], out: IO[bytes], *, level: int = 3, threads: int = -1,
-              on_raw: Callable[[int], None] | None = None) -> dict:
+              on_raw: Callable[[int], None] | None = None, on_wire: Callable[[int], None] | None = None) -> dict:
     """Stream ``sources`` as tar -> zstd -> DATA frames on ``out``. Returns the manifest and byte counts."""
     manifest: dict[str, dict] = {}
-    writer = FrameWriter(out)
+    writer = FrameWriter(out, on_wire)
     cctx = zstandard.ZstdCompressor(level=level, threads=threads)
     raw = 0
     with cctx.stream_writer(writer, closefd=False) as z:

@@ -1,0 +1,338 @@
+"""The direct data link: checkpoint files go from the source host to the destination host over their own SSH
+connection, not through the machine running the CLI.
+
+    source agent --stdin--> ssh DST cmigrate-agent attach SOCK --> unix socket SOCK --> destination agent
+
+The destination agent listens on a unix socket in its migration's work dir (mode 0700: root only; no network
+port is opened). The source agent starts OpenSSH with the user's own configuration, keys and known hosts on the
+source host (``BatchMode``: no prompts; host keys checked as configured there), and the remote ``attach`` copies
+its stdin into the socket. The stream opens with a one-time token the destination checks, then carries the same
+frames as the relayed path. Everything is set up before the freeze; a source that cannot reach the destination
+this way is found out then, and the CLI falls back to relaying.
+"""
+from __future__ import annotations
+
+import errno
+import hmac
+import os
+import secrets
+import select
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from migrate.errors import TransportError
+
+MAGIC = b"cmigrate-link "
+TOKEN_BYTES = 16
+GREETING_LEN = len(MAGIC) + 2 * TOKEN_BYTES + 1
+SOCKET_NAME = "link.sock"
+# AES-GCM first: with AES-NI it moves several times more bytes per core than chacha20 (measured here: 1 GiB in
+# 1.85 s against 2.68 s); the rest is OpenSSH's own order
+CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
+CONNECT_TIMEOUT = 15.0
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+
+
+# ---------------------------------------------------------------- destination side
+class Listener:
+    """A unix socket waiting for the source's stream, and the token that stream must open with."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / SOCKET_NAME
+        self.token = secrets.token_hex(TOKEN_BYTES)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            self.sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        self.sock.listen(1)
+
+    def accept(self, timeout: float | None) -> "SocketReader":
+        """The source's connection, once it has shown the token; TransportError otherwise."""
+        self.sock.settimeout(timeout)
+        try:
+            conn, _ = self.sock.accept()
+        except socket.timeout as exc:
+            raise TransportError(f"the source did not connect within {timeout:g} s") from exc
+        finally:
+            self.close()
+        reader = SocketReader(conn, timeout)
+        greeting = b""
+        try:
+            while len(greeting) < GREETING_LEN:
+                chunk = reader.read(GREETING_LEN - len(greeting))
+                if not chunk:
+                    break
+                greeting += chunk
+        except TransportError:
+            reader.close()
+            raise
+        expected = MAGIC + self.token.encode() + b"\n"
+        if not hmac.compare_digest(greeting, expected):
+            reader.close()
+            raise TransportError("the data link was opened without the right token: refused")
+        return reader
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class SocketReader:
+    """Reads from the source's connection; silence longer than ``timeout`` means the link is gone."""
+
+    def __init__(self, conn: socket.socket, timeout: float | None) -> None:
+        self.conn = conn
+        self.conn.settimeout(timeout)
+        self.timeout = timeout
+        self.received = 0
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.conn.recv(n if n > 0 else 1 << 20)
+        except socket.timeout as exc:
+            raise TransportError(f"no data from the source for {self.timeout:g} s: the link is gone") from exc
+        except OSError as exc:
+            raise TransportError(f"the data link broke: {exc}") from exc
+        self.received += len(data)
+        return data
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---------------------------------------------------------------- source side
+def ssh_argv(target: str, remote: list[str], io_timeout: float | None) -> list[str]:
+    """OpenSSH to ``target`` as this host knows it (``$CMIGRATE_SSH_CONFIG`` or ~/.ssh/config); no prompts."""
+    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT)}",
+            "-o", "Compression=no", "-o", "IPQoS=throughput", "-c", CIPHERS]
+    if io_timeout:
+        interval = max(1, int(io_timeout / 3))
+        argv += ["-o", f"ServerAliveInterval={interval}", "-o", "ServerAliveCountMax=3"]
+    if os.environ.get("CMIGRATE_SSH_CONFIG"):
+        argv += ["-F", os.environ["CMIGRATE_SSH_CONFIG"]]
+    return argv + ["--", target, shlex.join(remote)]
+
+
+class Link:
+    """The source's end: an OpenSSH process whose stdin reaches the destination agent's socket."""
+
+    def __init__(self, target: str, sock_path: str, token: str, agent: str, io_timeout: float | None) -> None:
+        self.target = target
+        self.proc = subprocess.Popen(ssh_argv(target, [agent, "attach", sock_path], io_timeout),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.relays: list[PageRelay] = []
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            _grow_pipe(pipe.fileno())
+        try:
+            self._await_attached()
+            self.proc.stdin.write(MAGIC + token.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _await_attached(self) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT + 5
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            if not ready:
+                raise self._failure(f"no answer from {self.target} within {CONNECT_TIMEOUT + 5:g} s")
+            chunk = os.read(self.proc.stdout.fileno(), 64)
+            if not chunk:
+                raise self._failure(f"ssh to {self.target} failed")
+            line += chunk
+        if line.strip() != b"attached":
+            raise self._failure(f"unexpected answer from {self.target}: {line.strip()[:80]!r}")
+
+    def _failure(self, what: str) -> TransportError:
+        self.kill()
+        err = self.proc.stderr.read().decode(errors="replace").strip().splitlines() if self.proc.stderr else []
+        reason = err[-1] if err else f"exit status {self.proc.returncode}"
+        return TransportError(f"{what}: {reason}", argv=self.proc.args)
+
+    @property
+    def stdin(self):
+        return self.proc.stdin
+
+    def finish(self) -> None:
+        """All data written: close the stream and wait for ssh to deliver it."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            status = self.proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            status = None
+        if status != 0:
+            raise self._failure(f"the data link to {self.target} failed")
+        self._close_pipes()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin,):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def _close_pipes(self) -> None:
+        for stream in (self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.kill()
+        for relay in self.relays:
+            relay.close()
+        self._close_pipes()
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:   # a smaller pipe only costs speed
+        pass
+
+
+def _splice_all(src: int, dst: int, on_bytes=None) -> int:
+    """Move bytes from ``src`` to ``dst`` in the kernel (one of them a pipe) until ``src`` ends.
+
+    Never a blocking splice: one that waits for data holds the pipe's lock meanwhile, and the process at the
+    pipe's other end (ssh) would hang on it, unkillable (seen here: ssh in state D, the dump deadlocked)."""
+    total = 0
+    flags = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+    while True:
+        select.select([src], [], [])
+        try:
+            n = os.splice(src, dst, PIPE_SIZE, flags=flags)
+        except BlockingIOError:   # nothing to read after all, or no room on the other side yet
+            select.select([], [dst], [], 0.05)
+            continue
+        if n == 0:
+            return total
+        total += n
+        if on_bytes:
+            on_bytes(n)
+
+
+class PageRelay:
+    """CRIU's dump sends its memory pages to a "page server": here a one-connection TCP listener on this host's
+    loopback, spliced both ways into the data link, whose far end hands the stream to ``criu page-server`` on the
+    destination. Pages leave this host as they are read from the container, never touching its disk.
+
+    (runc passes CRIU only an address:port for the page server; the listener lives only for the dump, accepts
+    one connection and closes. A local process that connected first would only make the dump fail, and the
+    migration roll back.)"""
+
+    def __init__(self, conn: Link, on_bytes=None) -> None:
+        self.link = conn
+        self.on_bytes = on_bytes
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.sock: socket.socket | None = None
+        self.error: BaseException | None = None
+        self.sent = 0
+        conn.relays.append(self)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:   # closed: the dump never connected
+            return
+        finally:
+            self.listener.close()
+        sock.setblocking(True)
+        self.sock = sock
+        # the page server's answers come back through the link's stdout; that thread ends when the link does
+        threading.Thread(target=self._back, args=(sock,), daemon=True).start()
+        try:
+            _splice_all(sock.fileno(), self.link.proc.stdin.fileno(), self._count)
+        except OSError as exc:   # the link broke: CRIU's next write must fail rather than wait forever
+            self.error = exc
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _count(self, n: int) -> None:
+        self.sent += n
+        if self.on_bytes:
+            self.on_bytes(n)
+
+    def _back(self, sock: socket.socket) -> None:
+        try:
+            while data := os.read(self.link.proc.stdout.fileno(), 65536):
+                sock.sendall(data)
+        except OSError:
+            pass
+
+    def finish(self, ok: bool) -> None:
+        """After the dump: all pages must have gone into the link (CRIU closed its connection)."""
+        if not ok:
+            self.listener.close()
+            return
+        self.thread.join(timeout=60)
+        if self.thread.is_alive() or self.error is not None:
+            raise TransportError(f"the pages did not all reach the link: {self.error or 'relay stuck'}")
+
+    def close(self) -> None:
+        self.listener.close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+# ---------------------------------------------------------------- on the destination, under sshd
+def attach(sock_path: str) -> int:
+    """``cmigrate-agent attach SOCK``: join stdin/stdout (the SSH session) to the destination agent's socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(sock_path)
+    except OSError as exc:
+        print(f"cmigrate-agent attach: cannot reach {sock_path}: {exc}", file=sys.stderr)
+        return 1
+    os.write(1, b"attached\n")
+    threading.Thread(target=_answers, args=(sock,), daemon=True).start()
+    try:
+        try:
+            _splice_all(0, sock.fileno())   # zero-copy where sshd gave us a pipe
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            while data := os.read(0, PIPE_SIZE):
+                sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        print(f"cmigrate-agent attach: the destination agent stopped reading: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+    return 0
+
+
+def _answers(sock: socket.socket) -> None:
+    """What the destination says back (CRIU's page-server acknowledgements) goes to the source."""
+    try:
+        while data := sock.recv(65536):
+            os.write(1, data)
+    except OSError:
+        pass

@@ -1,0 +1,79 @@
+"""The direct data link's destination end: a unix socket that takes only the stream opening with its token."""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+
+import pytest
+
+from agents import link
+from migrate.errors import TransportError
+
+
+def _connect_and_send(path, data: bytes) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))
+    s.sendall(data)
+    s.close()
+
+
+def test_the_right_token_opens_the_stream(tmp_path):
+    listener = link.Listener(tmp_path)
+    assert stat.S_IMODE(os.stat(listener.path).st_mode) & 0o077 == 0, "the socket must be for root only"
+    greeting = link.MAGIC + listener.token.encode() + b"\n"
+    threading.Thread(target=_connect_and_send, args=(listener.path, greeting + b"payload")).start()
+    reader = listener.accept(timeout=5)
+    data = b""
+    while chunk := reader.read(100):
+        data += chunk
+    reader.close()
+    assert data == b"payload"
+    assert not listener.path.exists(), "the socket is gone once the source is connected"
+
+
+def test_a_wrong_token_is_refused(tmp_path):
+    listener = link.Listener(tmp_path)
+    bad = link.MAGIC + b"0" * (2 * link.TOKEN_BYTES) + b"\n"
+    threading.Thread(target=_connect_and_send, args=(listener.path, bad + b"payload")).start()
+    with pytest.raises(TransportError, match="without the right token"):
+        listener.accept(timeout=5)
+
+
+def test_nobody_connecting_times_out(tmp_path):
+    listener = link.Listener(tmp_path)
+    with pytest.raises(TransportError, match="did not connect within"):
+        listener.accept(timeout=0.2)
+    assert not listener.path.exists()
+
+
+def test_splice_moves_everything_from_a_socket_into_a_pipe():
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    payload = os.urandom(3 << 20)
+    out = bytearray()
+
+    def drain():
+        while chunk := os.read(r, 1 << 16):
+            out.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    sender = threading.Thread(target=lambda: (a.sendall(payload), a.close()))
+    sender.start()
+    moved = link._splice_all(b.fileno(), w)
+    os.close(w)
+    sender.join()
+    reader.join()
+    os.close(r)
+    b.close()
+    assert moved == len(payload) and bytes(out) == payload
+
+
+def test_ssh_argv_quotes_the_remote_command_and_never_prompts(monkeypatch):
+    monkeypatch.setenv("CMIGRATE_SSH_CONFIG", "/etc/lab config")
+    argv = link.ssh_argv("hostB", ["cmigrate-agent", "attach", "/x y/link.sock"], 30)
+    assert argv[0] == "ssh" and "BatchMode=yes" in argv
+    assert argv[argv.index("-F") + 1] == "/etc/lab config"
+    assert argv[-2:] == ["hostB", "cmigrate-agent attach '/x y/link.sock'"]
