@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from agents import rootfs
-from agents.dockerd import FAST_RUNTIME, Docker, criu_log_excerpt
+from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
 from migrate import __version__
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             RollbackError, UsageError)
@@ -238,10 +238,12 @@ def _start_from(dk: Docker, info: dict, source: Path) -> None:
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
     mapping = RESTORE_MAPS / info["Id"]
+    conf = RESTORE_MAPS / f"{info['Id']}.conf"
     try:
         if fast:
             temp.mkdir(mode=0o700)
             RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
+            conf.write_text(criu_config_for_cmigrate())
             mapping.write_text(str(source))
         else:
             _link_tree(source, temp)
@@ -249,6 +251,7 @@ def _start_from(dk: Docker, info: dict, source: Path) -> None:
         dk.start_from_checkpoint(info["Id"], temp_name)
     finally:
         mapping.unlink(missing_ok=True)
+        conf.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         _remove_containerd_copy(temp_name)
 

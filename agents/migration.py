@@ -23,7 +23,7 @@ import zstandard
 from agents import link, rootfs
 from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                restore_from, this_host)
-from agents.dockerd import FAST_RUNTIME, Docker, criu_log_excerpt
+from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RollbackError,
                             TransportError)
 from migrate.hostinfo import require_criu
@@ -179,15 +179,18 @@ def source_dump(args: dict, ch) -> dict:
         layer = rootfs.save(upper, images / META_DIR / "rootfs.tar")
         (images / META_DIR / "meta.json").write_text(json.dumps({"container_id": cid, "rootfs": layer}))
         _lock_down(work)
-        return {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
-                "images_bytes": dir_size(images), "restart_policy": policy, "frozen": bool(runc_root),
-                "page_bytes": page_bytes}
+        result = {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
+                  "images_bytes": dir_size(images), "restart_policy": policy, "frozen": bool(runc_root),
+                  "page_bytes": page_bytes}
+        if args.get("send") is not None:   # straight on over the direct link, no round trip to the CLI
+            result["sent"] = _send_over_link(args["send"], ch)
+        return result
     finally:
         dk.close()
 
 
-def _runc(runc_root: Path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True)
+def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True, env=env)
 
 
 def _throttled(ch, every: float = 0.5):
@@ -213,12 +216,14 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
     if res.returncode != 0:
         raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
     argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
+    conf = work / "criu.conf"
+    conf.write_text(criu_config_for_cmigrate())
     relay = None
     try:
         if conn is not None:
             relay = link.PageRelay(conn, on_bytes)
             argv += ["--page-server", relay.address]
-        res = _runc(runc_root, *argv, cid)
+        res = _runc(runc_root, *argv, cid, env={**os.environ, "CRIU_CONFIG_FILE": str(conf)})
         if relay is not None:
             relay.finish(ok=res.returncode == 0)
     except BaseException:
@@ -274,27 +279,37 @@ def source_connect(args: dict, ch) -> dict:
     return {"connected": True}
 
 
-def source_send(args: dict, ch) -> dict:
+def _sources(args: dict) -> list[streams.Source]:
     work = _workdir(args["migration_id"], "src")
     sources = [streams.Source(work / CHECKPOINT, IMAGES)]
     for i, vol in enumerate(args.get("volumes", [])):
         sources.append(streams.Source(Path(vol["source"]), f"vol{i}"))
-    level, threads = args.get("level", 3), args.get("threads", -1)
-    if not args.get("direct"):
-        return streams.send_tree(sources, ch.stdout, level=level, threads=threads)
+    return sources
+
+
+def source_send(args: dict, ch) -> dict:
+    """The files (checkpoint, writable layer, volumes) as data frames to the CLI, which relays them."""
+    return streams.send_tree(_sources(args), ch.stdout, level=args.get("level", 3), threads=args.get("threads", -1))
+
+
+def _send_over_link(args: dict, ch) -> dict:
+    """The files over the direct link, closing it: the destination then has everything."""
     conn = LINKS.pop(args["migration_id"], None)
     if conn is None:
         raise TransportError("no direct data link was opened for this migration")
-    progress = _throttled(ch)
+    t0 = time.monotonic()
     try:
         try:
-            sent = streams.send_tree(sources, conn.stdin, level=level, threads=threads, on_wire=progress)
+            sent = streams.send_tree(_sources(args), conn.stdin, level=args.get("level", 3),
+                                     threads=args.get("threads", -1), on_wire=_throttled(ch))
             framing.send(conn.stdin, {"type": "end", "manifest": sent["manifest"]})
         except OSError as exc:   # ssh exited under us: its own message says why
             raise conn._failure(f"the data link to {conn.target} broke") from exc
         conn.finish()
     finally:
         conn.close()
+    sent["seconds"] = time.monotonic() - t0
+    del sent["manifest"]   # the destination has it; the CLI needs only the counts
     return sent
 
 
@@ -539,7 +554,10 @@ def _receive_direct(listener: link.Listener, targets: dict[str, Path], args: dic
     if end.get("type") != "end":
         raise TransportError("the transfer was aborted by the sender")
     streams.verify(end.get("manifest") or {}, written)
-    return {"files": len(written), "wire_bytes": reader.received}
+    result = {"files": len(written), "wire_bytes": reader.received}
+    if args.get("restore_id"):   # everything verified: restore at once, no round trip to the CLI
+        result |= dest_restore({"container_id": args["restore_id"], "migration_id": args["migration_id"]}, None)
+    return result
 
 
 def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None:
@@ -552,17 +570,16 @@ def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None
     proc = subprocess.Popen(["criu", "page-server", "--images-dir", str(images), "--work-dir", str(images.parent),
                              "--log-file", log.name, "-v2", "--ps-socket", str(fd)],
                             pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    exited = os.pidfd_open(proc.pid)
     try:
         while proc.poll() is None:
             # the CLI says nothing during a receive: its session ending (EOF) means it is gone
-            if cli is None:
-                time.sleep(0.2)
-                continue
-            ready, _, _ = select.select([cli], [], [], 1.0)
-            if ready and not os.read(cli, 1):
+            ready, _, _ = select.select([exited] + ([cli] if cli is not None else []), [], [])
+            if cli in ready and not os.read(cli, 1):
                 from agents.main import SessionLost
                 raise SessionLost("the CLI went away while the pages were arriving")
     finally:
+        os.close(exited)
         if proc.poll() is None:
             proc.kill()
         proc.wait()

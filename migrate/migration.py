@@ -29,6 +29,7 @@ from transport.agent import DEFAULT_AGENT, AgentSession
 Progress = Callable[[dict], None]
 MODES = ("stop-copy", "auto")
 DATA_PATHS = ("auto", "direct", "relay")
+STREAM_PAGES_FROM = 64 * 2**20   # bytes of container memory from which pages go through CRIU's page server
 
 
 @dataclass
@@ -208,45 +209,19 @@ class _Migration:
                          level=self.level, threads=self.threads)
         receive_args = {"migration_id": self.id, "volume_sources": volume_sources, "io_timeout": self.io_timeout}
         direct = r.data_path == "direct"
-        # pages straight into the link, unless the source must keep a complete checkpoint of its own
-        r.pages_streamed = direct and not self.keep_source
+        # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
+        # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab)
+        r.pages_streamed = direct and not self.keep_source and info["memory_bytes"] >= STREAM_PAGES_FROM
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
         if direct:
-            self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, **receive_args)
-        try:
-            on_bytes = self._bytes("checkpoint")
-            dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
-                                             page_link=r.pages_streamed,
-                                             progress=lambda m: on_bytes(m.get("bytes", 0)))
-        except MigrationError:
-            if direct:
-                self._collect_dest()
-            raise
-        r.frozen_dump = dump["dump_seconds"]
-        self.phase("dump", t_freeze)
-        t = time.monotonic()
-        self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
-                   sum(v["bytes"] for v in info["volumes"])})
-        self.src.set_timeout(self.io_timeout)
-        self.dst.set_timeout(self.io_timeout)
-        if direct:
-            sent = self._send_direct(send_args)
+            sent = self._freeze_direct(info, send_args, receive_args)
         else:
-            sent, _ = self.src.relay("source.send", self.dst, "dest.receive", receive_args,
-                                     self._bytes("checkpoint"), **send_args)
-        self.src.set_timeout(None)
-        self.dst.set_timeout(None)
-        r.raw_bytes = sent["raw_bytes"] + dump.get("page_bytes", 0)
-        r.wire_bytes = sent["wire_bytes"] + dump.get("page_bytes", 0)
-        self.emit({"event": "transfer-done", "what": "checkpoint"})
-        self.phase("transfer", t)
-        t = time.monotonic()
-        self.emit({"event": "phase", "phase": "restore"})
-        self.dst.call("dest.restore", container_id=self.dst_id, migration_id=self.id)
+            sent = self._freeze_relayed(info, send_args, receive_args)
+        r.raw_bytes = sent["raw_bytes"] + self.dump.get("page_bytes", 0)
+        r.wire_bytes = sent["wire_bytes"] + self.dump.get("page_bytes", 0)
         r.downtime = time.monotonic() - t_freeze
-        self.phase("restore", t)
         self.state = "restored"
 
         # ---- commit point: the destination keeps the container; the source lets go of it
@@ -288,22 +263,65 @@ class _Migration:
         self.report.warnings.append(f"no direct link {self.src_name} -> {self.dst_name} ({exc.message}); "
                                     "the data was relayed through this machine")
 
-    def _send_direct(self, send_args: dict) -> dict:
-        """The source streams straight to the destination (its ``dest.receive`` is running); the CLI watches."""
+    def _freeze_relayed(self, info: dict, send_args: dict, receive_args: dict) -> dict:
+        """Dump; relay the files through this machine; restore: one call after the other."""
+        r = self.report
+        t = time.monotonic()
+        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
+        r.frozen_dump = dump["dump_seconds"]
+        self.phase("dump", t)
+        t = time.monotonic()
+        self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
+                   sum(v["bytes"] for v in info["volumes"])})
+        self.src.set_timeout(self.io_timeout)
+        self.dst.set_timeout(self.io_timeout)
+        sent, _ = self.src.relay("source.send", self.dst, "dest.receive", receive_args,
+                                 self._bytes("checkpoint"), **send_args)
+        self.src.set_timeout(None)
+        self.dst.set_timeout(None)
+        self.emit({"event": "transfer-done", "what": "checkpoint"})
+        self.phase("transfer", t)
+        t = time.monotonic()
+        self.emit({"event": "phase", "phase": "restore"})
+        self.dst.call("dest.restore", container_id=self.dst_id, migration_id=self.id)
+        self.phase("restore", t)
+        return sent
+
+    def _freeze_direct(self, info: dict, send_args: dict, receive_args: dict) -> dict:
+        """One call to each end: the source dumps and streams at once (pages while dumping, if streamed); the
+        destination receives, verifies and restores. No round trip through this machine in between."""
+        r = self.report
+        t = time.monotonic()
+        self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, restore_id=self.dst_id,
+                       **receive_args)
         on_bytes = self._bytes("checkpoint")
         try:
-            sent = self.src.call("source.send", progress=lambda m: on_bytes(m.get("bytes", 0)), direct=True,
-                                 **send_args)
+            self.src.set_timeout(self.io_timeout)   # the source reports progress at least twice a second
+            dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
+                                             page_link=r.pages_streamed, send=send_args,
+                                             progress=lambda m: on_bytes(m.get("bytes", 0)))
         except MigrationError:
             self._collect_dest()
             raise
-        # everything has arrived: the destination only checks it against the manifest and answers
+        finally:
+            self.src.set_timeout(None)
+        r.frozen_dump = dump["dump_seconds"]
+        sent = dump["sent"]
+        r.phases["dump"] = time.monotonic() - t - sent["seconds"]
+        r.phases["transfer"] = sent["seconds"]
+        self.emit({"event": "transfer-done", "what": "checkpoint"})
+        t = time.monotonic()
+        self.emit({"event": "phase", "phase": "restore"})
+        # everything has arrived: the destination checks it against the manifest, restores and answers
         self.dst.set_timeout(self.io_timeout)
         try:
             self.dst.wait()
         except TransportError:
             self.dst.sever()
             raise
+        finally:
+            self.dst.set_timeout(None)
+        self.phase("restore", t)
         return sent
 
     def _collect_dest(self) -> None:
