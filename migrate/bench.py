@@ -214,9 +214,9 @@ def warm_memory(mib: int) -> None:
     lazily and takes freed memory back: memory never touched (or returned) costs ~2.4 s per GiB on first touch,
     memory in use recently 0.4 s (measured here with a 1 GiB mmap). A restore that needs fresh memory while the
     source still holds its own would pay that, on real separate hosts not. Warming first makes every method's
-    trial start from the same state."""
-    block = bytearray(b"\1") * (mib << 20)
-    del block
+    trial start from the same state. (In a child process: the CLI's peak RSS, measured by wait4, would otherwise
+    inherit this process's.)"""
+    subprocess.run([sys.executable, "-c", f"bytearray(b'\\1') * ({int(mib)} << 20)"], check=True)
 
 
 def _fmt(x: float | None) -> str:
