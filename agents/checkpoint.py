@@ -225,7 +225,7 @@ def _link_or_copy(src, dst) -> None:
 RESTORE_MAPS = Path("/run/cmigrate/restore")
 
 
-def _start_from(dk: Docker, info: dict, source: Path) -> None:
+def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
     """``docker start --checkpoint`` from any directory.
 
     Docker restores only from the container's own checkpoints folder, and refuses a checkpoint whose content
@@ -239,11 +239,17 @@ def _start_from(dk: Docker, info: dict, source: Path) -> None:
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
     mapping = RESTORE_MAPS / info["Id"]
     conf = RESTORE_MAPS / f"{info['Id']}.conf"
+    lazy = RESTORE_MAPS / f"{info['Id']}.lazy"
+    if lazy_dir is not None and not fast:
+        raise RestoreError("a post-copy restore needs the cmigrate-runc runtime on this host",
+                           hint="register it with dockerd (see README)")
     try:
         if fast:
             temp.mkdir(mode=0o700)
             RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
             conf.write_text(criu_config_for_cmigrate())
+            if lazy_dir is not None:   # the wrapper adds --lazy-pages and points CRIU at our lazy-pages daemon
+                lazy.write_text(str(lazy_dir))
             mapping.write_text(str(source))
         else:
             _link_tree(source, temp)
@@ -252,6 +258,7 @@ def _start_from(dk: Docker, info: dict, source: Path) -> None:
     finally:
         mapping.unlink(missing_ok=True)
         conf.unlink(missing_ok=True)
+        lazy.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         _remove_containerd_copy(temp_name)
 
@@ -268,14 +275,15 @@ def _remove_containerd_copy(temp_name: str) -> None:
                 continue
 
 
-def restore_from(dk: Docker, info: dict, images: Path) -> None:
+def restore_from(dk: Docker, info: dict, images: Path, lazy_dir: Path | None = None) -> None:
     """Restore a stopped container from ``images``: its writable layer first (put back as it was if the restore
-    fails), then memory and processes; it must be running afterwards."""
+    fails), then memory and processes; it must be running afterwards. With ``lazy_dir`` (post-copy) its memory
+    comes later, on demand, from the lazy-pages daemon listening there."""
     name = info["Name"].lstrip("/")
     layer = images / META_DIR / "rootfs.tar"
     replaced = rootfs.Replaced(rootfs.upper_dir(info), layer) if layer.exists() else None
     try:
-        _start_from(dk, info, images)
+        _start_from(dk, info, images, lazy_dir)
     except MigrationError as exc:
         if replaced:
             replaced.undo()

@@ -43,8 +43,8 @@ F_SETPIPE_SZ = 1031
 class Listener:
     """A unix socket waiting for the source's stream, and the token that stream must open with."""
 
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / SOCKET_NAME
+    def __init__(self, directory: Path, name: str = SOCKET_NAME) -> None:
+        self.path = directory / name
         self.token = secrets.token_hex(TOKEN_BYTES)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o077)
@@ -232,6 +232,52 @@ def _splice_all(src: int, dst: int, on_bytes=None) -> int:
         total += n
         if on_bytes:
             on_bytes(n)
+
+
+class Pump:
+    """Post-copy's page link: CRIU's lazy page server (a TCP connection on this host) joined both ways to the
+    link, the destination's lazy-pages daemon asking for pages and CRIU answering with them, for as long as it
+    takes. Counts the bytes that go out."""
+
+    def __init__(self, sock: socket.socket, conn: Link) -> None:
+        self.sock, self.link = sock, conn
+        self.total = 0
+        self._new = 0
+        sock.setblocking(True)
+        self.threads = [threading.Thread(target=self._out, daemon=True),
+                        threading.Thread(target=self._in, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _count(self, n: int) -> None:
+        self.total += n
+        self._new += n
+
+    @property
+    def sent(self) -> int:
+        return self._new
+
+    def take(self) -> int:
+        n, self._new = self._new, 0
+        return n
+
+    def _out(self) -> None:
+        try:
+            _splice_all(self.sock.fileno(), self.link.proc.stdin.fileno(), self._count)
+        except OSError:
+            pass
+
+    def _in(self) -> None:
+        try:
+            _splice_all(self.link.proc.stdout.fileno(), self.sock.fileno())
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class PageRelay:

@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -24,8 +25,8 @@ from agents import link, rootfs
 from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                restore_from, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
-from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RollbackError,
-                            TransportError)
+from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
+                            RollbackError, TransportError)
 from migrate.hostinfo import require_criu
 from transport import framing, streams
 
@@ -153,7 +154,16 @@ def source_dump(args: dict, ch) -> dict:
         policy = None
         page_bytes = 0
         t0 = time.time()
-        if runc_root:
+        if runc_root and args.get("lazy"):
+            pages = LINKS.get(args["migration_id"] + "-pages")
+            if pages is None:
+                raise TransportError("no page link was opened for this post-copy migration")
+            try:
+                _runc_freeze_lazy_dump(runc_root, cid, work, pages, args["migration_id"])
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        elif runc_root:
             conn = LINKS.get(args["migration_id"]) if args.get("page_link") else None
             if args.get("page_link") and conn is None:
                 raise TransportError("no direct data link was opened for this migration")
@@ -162,6 +172,8 @@ def source_dump(args: dict, ch) -> dict:
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
+        elif args.get("lazy"):
+            raise CheckpointError("post-copy needs the container's runc state on this host (runc runtime)")
         else:
             # the source must not start a fresh copy when the dump stops it; rollback gives the policy back
             policy = dk.set_restart_policy(cid, None)
@@ -244,6 +256,101 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
     return relay.sent if relay is not None else 0
 
 
+class _LazyDump:
+    """A post-copy dump still running: CRIU serves the frozen container's memory to the destination's lazy-pages
+    daemon through the page link, on demand and in the background, until every page has gone."""
+
+    def __init__(self, proc: subprocess.Popen, pages: link.Link, relay: "link.Pump", started: float,
+                 runc_root: Path, cid: str, log: Path) -> None:
+        self.proc, self.pages, self.relay, self.started = proc, pages, relay, started
+        self.runc_root, self.cid, self.log = runc_root, cid, log
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.pages.close()
+
+
+LAZY: dict[str, _LazyDump] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Link, mid: str) -> None:
+    """Post-copy: freeze, dump everything but the memory contents, then leave CRIU serving the pages. Returns
+    once CRIU is ready to serve (its status fd); the pages flow from then on, through the page link."""
+    images, scratch = work / CHECKPOINT, work / "criu-work"
+    images.mkdir(mode=0o700)
+    scratch.mkdir(mode=0o700)
+    conf = work / "criu.conf"
+    conf.write_text(criu_config_for_cmigrate())
+    res = _runc(runc_root, "pause", cid)
+    if res.returncode != 0:
+        raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
+    port = _free_port()
+    ready_r, ready_w = os.pipe()
+    proc = subprocess.Popen(["runc", "--root", str(runc_root), "checkpoint", "--leave-running", "--lazy-pages",
+                             "--page-server", f"127.0.0.1:{port}", "--status-fd", str(ready_w),
+                             "--image-path", str(images), "--work-path", str(scratch), cid],
+                            pass_fds=[ready_w], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "CRIU_CONFIG_FILE": str(conf)})
+    os.close(ready_w)
+    exited = os.pidfd_open(proc.pid)
+    try:
+        ready, _, _ = select.select([ready_r, exited], [], [], 120)
+        status = os.read(ready_r, 1) if ready_r in ready else b""
+    finally:
+        os.close(ready_r)
+        os.close(exited)
+    if status != b"\0":
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        _runc(runc_root, "resume", cid)
+        log = scratch / "dump.log"
+        _, excerpt = criu_log_excerpt(f"log file: {log}")
+        first = (excerpt.splitlines() or [err or "runc checkpoint --lazy-pages failed"])[0]
+        raise CheckpointError(f"post-copy checkpoint failed, CRIU says: {first.split('): ', 1)[-1]}",
+                              detail=excerpt or err)
+    # CRIU now listens for the lazy-pages daemon: join it to the page link
+    sock = socket.create_connection(("127.0.0.1", port))
+    relay = link.Pump(sock, pages)
+    LAZY[mid] = _LazyDump(proc, pages, relay, time.monotonic(), runc_root, cid, scratch / "dump.log")
+
+
+def source_wait_pages(args: dict, ch) -> dict:
+    """Post-copy: until the destination has every page (CRIU's lazy dump ends); the seconds it took."""
+    lazy = LAZY.pop(args["migration_id"], None)
+    if lazy is None:
+        raise TransportError("no post-copy transfer is running for this migration")
+    exited = os.pidfd_open(lazy.proc.pid)
+    try:
+        while lazy.proc.poll() is None:
+            select.select([exited], [], [], 0.5)
+            if lazy.relay.sent:
+                ch.emit({"event": "bytes", "bytes": lazy.relay.take()})
+    finally:
+        os.close(exited)
+        err = lazy.proc.stderr.read().decode(errors="replace").strip()
+        lazy.proc.stderr.close()
+        lazy.relay.close()
+        lazy.stop()
+        LINKS.pop(args["migration_id"] + "-pages", None)
+    if lazy.proc.returncode != 0:
+        _, excerpt = criu_log_excerpt(f"log file: {lazy.log}")
+        first = (excerpt.splitlines() or [err or f"exit status {lazy.proc.returncode}"])[0]
+        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first.split('): ', 1)[-1]}",
+                             detail=excerpt or err)
+    return {"seconds": time.monotonic() - lazy.started, "page_bytes": lazy.relay.total}
+
+
 def runc_state(runc_root: Path | None, cid: str) -> str | None:
     if runc_root is None:
         return None
@@ -272,6 +379,8 @@ def source_connect(args: dict, ch) -> dict:
     """Open the direct data link to the destination (before the freeze): OpenSSH from this host."""
     mid = args["migration_id"]
     _workdir(mid, "src")   # validates the id
+    if args.get("kind") == "pages":   # post-copy's second link, for CRIU's lazy page traffic
+        mid += "-pages"
     if mid in LINKS:
         LINKS.pop(mid).close()
     LINKS[mid] = link.Link(args["target"], args["socket"], args["token"], args.get("agent") or "cmigrate-agent",
@@ -317,6 +426,10 @@ def source_resume(args: dict, ch) -> dict:
     """Rollback: the container runs again on the source: thawed, or restored from the images it was dumped to."""
     cid = args["container_id"]
     work = _workdir(args["migration_id"], "src")
+    lazy = LAZY.pop(args["migration_id"], None)
+    if lazy is not None:   # post-copy that did not finish: the frozen source still has every page
+        lazy.relay.close()
+        lazy.stop()
     dk = Docker()
     try:
         info = dk.inspect(cid)
@@ -386,6 +499,9 @@ class _Pending:
     volumes: list[str] = []
     committed = True
     listener: link.Listener | None = None
+    page_listener: link.Listener | None = None
+    lazy: subprocess.Popen | None = None     # post-copy: the lazy-pages daemon, until every page is here
+    lazy_started = 0.0
 
 
 PENDING = _Pending()
@@ -555,9 +671,58 @@ def _receive_direct(listener: link.Listener, targets: dict[str, Path], args: dic
         raise TransportError("the transfer was aborted by the sender")
     streams.verify(end.get("manifest") or {}, written)
     result = {"files": len(written), "wire_bytes": reader.received}
+    lazy_dir = _start_lazy_pages(targets[IMAGES], args) if args.get("lazy") else None
     if args.get("restore_id"):   # everything verified: restore at once, no round trip to the CLI
-        result |= dest_restore({"container_id": args["restore_id"], "migration_id": args["migration_id"]}, None)
+        result |= dest_restore({"container_id": args["restore_id"], "migration_id": args["migration_id"],
+                                "lazy_dir": str(lazy_dir) if lazy_dir else None}, None)
     return result
+
+
+def _start_lazy_pages(images: Path, args: dict) -> Path:
+    """Post-copy: ``criu lazy-pages`` on the page link's socket, listening for the restore in its own dir; it
+    fetches each page the restored container touches, and all the others in the background."""
+    listener, PENDING.page_listener = PENDING.page_listener, None
+    if listener is None:
+        raise TransportError("no page link is waiting for this post-copy migration")
+    conn = listener.accept(args.get("io_timeout"))
+    sock = conn.conn
+    sock.setblocking(True)
+    fd = sock.fileno()
+    lazy_dir = images.parent / "lazy"
+    lazy_dir.mkdir(mode=0o700, exist_ok=True)
+    PENDING.lazy = subprocess.Popen(["criu", "lazy-pages", "--images-dir", str(images), "--work-dir",
+                                     str(lazy_dir), "--page-server", "--ps-socket", str(fd),
+                                     "--log-file", "lazy-pages.log", "-v4"],
+                                    pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    PENDING.lazy_started = time.monotonic()
+    conn.close()   # the daemon has its own copy of the descriptor
+    deadline = time.monotonic() + 10
+    while not (lazy_dir / "lazy-pages.socket").exists():
+        if PENDING.lazy.poll() is not None or time.monotonic() > deadline:
+            raise RestoreError("CRIU's lazy-pages daemon did not start: "
+                               f"{PENDING.lazy.stderr.read().decode(errors='replace').strip()[-300:]}")
+        time.sleep(0.005)
+    return lazy_dir
+
+
+def dest_wait_pages(args: dict, ch) -> dict:
+    """Post-copy: until the lazy-pages daemon has every page (it exits); the seconds since it started."""
+    proc = PENDING.lazy
+    if proc is None:
+        raise TransportError("no post-copy transfer is running here")
+    proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip()
+    proc.stderr.close()
+    PENDING.lazy = None
+    if proc.returncode != 0:
+        log = _workdir(args["migration_id"], "dst") / "lazy" / "lazy-pages.log"
+        _, excerpt = criu_log_excerpt(f"log file: {log}")
+        # without its pages the container would go on with zeroed memory: it must not run a moment longer
+        dest_discard()
+        first = (excerpt.splitlines() or [err or f"exit status {proc.returncode}"])[0]
+        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first.split('): ', 1)[-1]}",
+                             detail=excerpt or err)
+    return {"seconds": time.monotonic() - PENDING.lazy_started}
 
 
 def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None:
@@ -601,6 +766,11 @@ def dest_listen(args: dict, ch) -> dict:
     if PENDING.migration_id not in (None, args["migration_id"]):
         raise TransportError("this agent is busy with another migration")
     PENDING.migration_id, PENDING.committed = args["migration_id"], False
+    if args.get("kind") == "pages":   # post-copy's second link, for the lazy-pages daemon
+        if PENDING.page_listener is not None:
+            PENDING.page_listener.close()
+        PENDING.page_listener = link.Listener(work, "pages.sock")
+        return {"socket": str(PENDING.page_listener.path), "token": PENDING.page_listener.token}
     if PENDING.listener is not None:
         PENDING.listener.close()
     PENDING.listener = link.Listener(work)
@@ -625,7 +795,8 @@ def dest_restore(args: dict, ch) -> dict:
     work = _workdir(args["migration_id"], "dst")
     dk = Docker()
     try:
-        restore_from(dk, dk.inspect(args["container_id"]), work / CHECKPOINT)
+        lazy_dir = Path(args["lazy_dir"]) if args.get("lazy_dir") else None
+        restore_from(dk, dk.inspect(args["container_id"]), work / CHECKPOINT, lazy_dir)
         return {"running_at": time.time()}
     finally:
         dk.close()
@@ -640,9 +811,15 @@ def dest_commit(args: dict, ch) -> dict:
 def dest_discard(args: dict | None = None, ch=None) -> dict:
     """Remove what this migration made here: the container, volumes it created, received files."""
     removed = []
-    if PENDING.listener is not None:
-        PENDING.listener.close()
-        PENDING.listener = None
+    for attr in ("listener", "page_listener"):
+        if getattr(PENDING, attr) is not None:
+            getattr(PENDING, attr).close()
+            setattr(PENDING, attr, None)
+    if PENDING.lazy is not None:
+        PENDING.lazy.kill()
+        PENDING.lazy.wait()
+        PENDING.lazy.stderr.close()
+        PENDING.lazy = None
     if PENDING.container_id:
         dk = Docker()
         try:
@@ -667,6 +844,8 @@ def dest_discard(args: dict | None = None, ch=None) -> dict:
 
 def on_session_end() -> None:
     """The CLI went away before committing: nothing of this migration may stay on the destination."""
+    while LAZY:
+        LAZY.popitem()[1].stop()
     while LINKS:
         LINKS.popitem()[1].close()
     if PENDING.listener is not None:
@@ -682,6 +861,7 @@ OPERATIONS = {
     "source.dump": source_dump,
     "source.connect": source_connect,
     "source.send": source_send,
+    "source.wait_pages": source_wait_pages,
     "source.resume": source_resume,
     "source.finish": source_finish,
     "dest.preflight": dest_preflight,
@@ -690,6 +870,7 @@ OPERATIONS = {
     "dest.listen": dest_listen,
     "dest.receive": dest_receive,
     "dest.restore": dest_restore,
+    "dest.wait_pages": dest_wait_pages,
     "dest.commit": dest_commit,
     "dest.discard": dest_discard,
 }

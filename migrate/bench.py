@@ -6,7 +6,9 @@ Workloads: the seed's counter container, and ``memhog`` holding N MiB and dirtyi
 logs a CLOCK_REALTIME timestamp every 5 ms into a tmpfs (/tmp/ticks, carried by CRIU): the longest gap across a
 move is the downtime as the workload saw it. Methods run alternately (A B C A B C ...):
 
-- ``cmigrate``: ``cmigrate --json NAME hostA hostB``;
+- ``cmigrate``: ``cmigrate --json NAME hostA hostB`` (stop-copy, the mode ``auto`` picks here);
+- ``postcopy``: ``cmigrate --json --mode post-copy NAME hostA hostB``; its ``postcopy_s`` is the window after the
+  restart on hostB until every page had arrived (until then the container depends on hostA and the link);
 - ``naive``: the seed's workflow: ``docker checkpoint create --checkpoint-dir`` on hostA, tar over ssh into the
   destination container's checkpoints folder on hostB, ``docker start --checkpoint`` there;
 - ``raw``: the same checkpoint images through ``tar | zstd -T0 | ssh hostB cat``: the transfer floor (no
@@ -35,7 +37,7 @@ from migrate.errors import LabError
 DOCKER = "/usr/bin/docker"
 TICKER = "memhog 0 0 5 &"
 COUNTER = 'i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done'
-METHODS = ("cmigrate", "naive", "raw")
+METHODS = ("cmigrate", "postcopy", "naive", "raw")
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Trial:
     dst_agent_peak_rss_kib: int | None
     ok: bool
     note: str = ""
+    postcopy_s: float | None = None   # post-copy: restart on hostB -> every page there
 
 
 def _ssh(host: str, *argv: str, check: bool = True, timeout: float = 600, input: bytes | None = None):
@@ -114,26 +117,32 @@ def _wait4(argv: list[str], env: dict | None = None) -> tuple[int, bytes, int]:
     return proc.returncode, out + err, rss
 
 
-def trial_cmigrate(name, cfg, repeat) -> Trial:
+def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "auto") -> Trial:
     _start(name, *cfg)
     cli = str(Path(sys.prefix) / "bin" / "cmigrate")
     t0 = time.monotonic()
-    proc = subprocess.Popen([cli, "--json", name, "hostA", "hostB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([cli, "--json", "--mode", mode, name, "hostA", "hostB"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     total = time.monotonic() - t0
-    out = proc.stdout.read()
+    out, err = proc.stdout.read(), proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     try:
         rep = json.loads(out)
     except ValueError:
-        return Trial(*cfg, "cmigrate", repeat, None, None, total, 0, usage.ru_maxrss, None, None, False,
-                     out.decode(errors="replace")[-200:])
+        return Trial(*cfg, method, repeat, None, None, total, 0, usage.ru_maxrss, None, None, False,
+                     (out + err).decode(errors="replace")[-200:])
     ok = proc.returncode == 0 and _verified_after("hostB", name)
     rss = rep.get("agent_peak_rss_kib", {})
-    return Trial(*cfg, "cmigrate", repeat, _max_gap("hostB", name), rep["downtime"], total, rep["wire_bytes"],
-                 usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok)
+    return Trial(*cfg, method, repeat, _max_gap("hostB", name), rep["downtime"], total, rep["wire_bytes"],
+                 usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok,
+                 postcopy_s=rep.get("postcopy_seconds"))
+
+
+def trial_postcopy(name, cfg, repeat) -> Trial:
+    return trial_cmigrate(name, cfg, repeat, "postcopy", "post-copy")
 
 
 def trial_naive(name, cfg, repeat) -> Trial:
@@ -177,7 +186,7 @@ def trial_raw(name, cfg, repeat) -> Trial:
     return Trial(*cfg, "raw", repeat, None, None, total, int(res.stdout.split()[0]), None, None, None, True)
 
 
-TRIALS = {"cmigrate": trial_cmigrate, "naive": trial_naive, "raw": trial_raw}
+TRIALS = {"cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "naive": trial_naive, "raw": trial_raw}
 
 
 def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=METHODS, counter: bool = True,
@@ -239,10 +248,13 @@ def _stats(values: list[float]) -> tuple[float, float, float] | None:
 def summary(trials: list[Trial]) -> str:
     keys = sorted({(t.workload, t.memory_mib, t.dirty_mbps) for t in trials}, key=lambda k: (k[0] != "counter",) + k)
     lines = ["| workload | MiB | dirty MB/s | method | runs ok | downtime median (min-max) s | total median (min-max) s "
-             "| wire MiB | agents peak RSS MiB (src/dst) | CLI peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    ratios = ["", "| workload | MiB | dirty | downtime cmigrate/naive | total cmigrate/naive | total cmigrate/raw |",
-              "|---|---|---|---|---|---|"]
+             "| post-copy window s | wire MiB | agents peak RSS MiB (src/dst) | CLI peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = ["", "cmigrate = stop-copy (what --mode auto picks here), postcopy = --mode post-copy.", "",
+              "| workload | MiB | dirty | downtime cmigrate/naive | downtime postcopy/naive | downtime "
+              "postcopy/cmigrate | total cmigrate/naive | total cmigrate/raw | total postcopy/raw |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda s: f"{s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f})" if s else "-"  # noqa: E731
     for key in keys:
         med = {}
         for method in METHODS:
@@ -251,20 +263,20 @@ def summary(trials: list[Trial]) -> str:
                 continue
             good = [t for t in ts if t.ok]
             d, tot = _stats([t.downtime_s for t in good]), _stats([t.total_s for t in good])
+            window = _stats([t.postcopy_s for t in good])
             wire = _stats([t.wire_bytes / 2**20 for t in good])
             src = _stats([t.src_agent_peak_rss_kib / 1024 for t in good if t.src_agent_peak_rss_kib])
             dst = _stats([t.dst_agent_peak_rss_kib / 1024 for t in good if t.dst_agent_peak_rss_kib])
             cli = _stats([t.cli_peak_rss_kib / 1024 for t in good if t.cli_peak_rss_kib])
             med[method] = (d[0] if d else None, tot[0] if tot else None)
-            fmt = lambda s: f"{s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f})" if s else "-"  # noqa: E731
             lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {method} | {len(good)}/{len(ts)} | {fmt(d)} | "
-                         f"{fmt(tot)} | {wire[0]:.1f} | " if wire else f"| {key[0]} | {key[1]} | {key[2]:g} | "
-                         f"{method} | {len(good)}/{len(ts)} | - | - | - | ")
-            lines[-1] += (f"{src[2]:.0f}/{dst[2]:.0f} | " if src and dst else "- | ") + (f"{cli[2]:.0f} |" if cli else "- |")
+                         f"{fmt(tot)} | {fmt(window)} | {f'{wire[0]:.1f}' if wire else '-'} | "
+                         + (f"{src[2]:.0f}/{dst[2]:.0f} | " if src and dst else "- | ")
+                         + (f"{cli[2]:.0f} |" if cli else "- |"))
         div = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"  # noqa: E731
-        c, n, r = med.get("cmigrate", (None, None)), med.get("naive", (None, None)), med.get("raw", (None, None))
-        ratios.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {div(c[0], n[0])} | {div(c[1], n[1])} | "
-                      f"{div(c[1], r[1])} |")
+        c, p, n, r = (med.get(m, (None, None)) for m in ("cmigrate", "postcopy", "naive", "raw"))
+        ratios.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {div(c[0], n[0])} | {div(p[0], n[0])} | "
+                      f"{div(p[0], c[0])} | {div(c[1], n[1])} | {div(c[1], r[1])} | {div(p[1], r[1])} |")
     return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n"
 
 

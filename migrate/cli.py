@@ -223,8 +223,10 @@ def build_migrate_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     p.add_argument("source")
     p.add_argument("destination")
-    p.add_argument("--mode", default="auto", choices=("auto", "stop-copy"),
-                   help="how memory moves (default auto: the best mode both hosts support)")
+    p.add_argument("--mode", default="auto", choices=("auto", "stop-copy", "pre-copy", "post-copy"),
+                   help="how memory moves: stop-copy (all of it while frozen), post-copy (run on DESTINATION at "
+                        "once, fetch memory afterwards), pre-copy (needs soft-dirty tracking); default auto: "
+                        "pre-copy where both kernels allow it, else stop-copy (never post-copy)")
     p.add_argument("--level", type=int, default=3, help="zstd compression level 1..19 (default 3)")
     p.add_argument("--threads", type=int, default=-1, help="zstd threads (default: all cores)")
     p.add_argument("--keep-source", action="store_true",
@@ -239,6 +241,10 @@ def build_migrate_parser() -> argparse.ArgumentParser:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from migrate.migration import migrate
+    if args.mode == "post-copy":
+        from migrate.migration import POST_COPY_RISK
+        print("cmigrate: warning: " + POST_COPY_RISK.format(src=args.source, dst=args.destination),
+              file=sys.stderr)
     bars = Bars(not args.quiet and not args.json and sys.stderr.isatty())
     try:
         report = migrate(args.container, args.source, args.destination, ssh_config=args.ssh_config,

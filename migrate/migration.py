@@ -21,13 +21,16 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from migrate.errors import MigrationError, RollbackError, TransportError, UsageError
+from migrate.errors import MigrationError, PreflightError, RollbackError, TransportError, UsageError
 from migrate.hosts import open_host
 from migrate.names import validate_container, validate_host
 from transport.agent import DEFAULT_AGENT, AgentSession
 
 Progress = Callable[[dict], None]
-MODES = ("stop-copy", "auto")
+MODES = ("auto", "stop-copy", "pre-copy", "post-copy")
+POST_COPY_RISK = ("post-copy: {dst} runs the container before its memory has arrived; until every page has, "
+                  "losing {src} or the link between them stops it there (the frozen original on {src} is "
+                  "resumed if cmigrate can still reach it)")
 DATA_PATHS = ("auto", "direct", "relay")
 STREAM_PAGES_FROM = 64 * 2**20   # bytes of container memory from which pages go through CRIU's page server
 
@@ -41,6 +44,8 @@ class Report:
     destination: str
     migration_id: str
     mode: str = "stop-copy"
+    modes: dict[str, list[str]] = field(default_factory=dict)   # what each host supports, from CRIU's checks
+    postcopy_seconds: float | None = None   # post-copy: from running on DST until every page had arrived
     data_path: str = "relay"
     pages_streamed: bool = False
     phases: dict[str, float] = field(default_factory=dict)
@@ -76,6 +81,9 @@ class Report:
                      f"{self.destination})")
         lines.append(f"  bytes      {self.raw_bytes / mib:.1f} MiB raw, {self.wire_bytes / mib:.1f} MiB on the wire "
                      f"(ratio {self.ratio:.2f})")
+        if self.postcopy_seconds is not None:
+            lines.append(f"  post-copy  every page on {self.destination} {self.postcopy_seconds * 1000:.0f} ms after it "
+                         f"started there (until then it depended on {self.source})")
         if self.image_transferred:
             lines.append(f"  image      transferred ({self.image_wire_bytes / mib:.1f} MiB on the wire)")
         if self.kept_source:
@@ -109,7 +117,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"compression level {level} is out of range 1..19")
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
-    m.data_path = data_path
+    m.data_path, m.mode = data_path, mode
     return m.run()
 
 
@@ -171,6 +179,8 @@ class _Migration:
                             image_name=info["image_name"], image_layers=info["image_layers"], binds=info["binds"],
                             networks=info["networks"], bytes_needed=need,
                             named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64])
+        r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
+        r.mode = self._choose_mode(info["criu"], pre["criu"])
         self.phase("preflight", t)
 
         self.state = "prepared"
@@ -211,7 +221,8 @@ class _Migration:
         direct = r.data_path == "direct"
         # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
         # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab)
-        r.pages_streamed = direct and not self.keep_source and info["memory_bytes"] >= STREAM_PAGES_FROM
+        r.pages_streamed = (direct and not self.keep_source and r.mode == "stop-copy"
+                            and info["memory_bytes"] >= STREAM_PAGES_FROM)
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
@@ -223,6 +234,11 @@ class _Migration:
         r.wire_bytes = sent["wire_bytes"] + self.dump.get("page_bytes", 0)
         r.downtime = time.monotonic() - t_freeze
         self.state = "restored"
+
+        if r.mode == "post-copy":
+            self.state = "pages"   # running on DST, but its memory is still partly on SRC only
+            self._wait_pages()
+            self.state = "restored"
 
         # ---- commit point: the destination keeps the container; the source lets go of it
         self.dst.call("dest.commit", migration_id=self.id)
@@ -242,21 +258,52 @@ class _Migration:
             except MigrationError:
                 pass
 
+    def _choose_mode(self, src: dict, dst: dict) -> str:
+        """The mode asked for, if both kernels can do it (CRIU's own feature checks say); ``auto`` never picks
+        post-copy (it can lose the container with the link)."""
+        dirty = src.get("dirty_tracking") and dst.get("dirty_tracking")
+        if self.mode == "pre-copy" or (self.mode == "auto" and dirty):
+            for name, criu in ((self.src_name, src), (self.dst_name, dst)):
+                if not criu.get("dirty_tracking"):
+                    raise PreflightError(
+                        "pre-copy needs soft-dirty memory tracking, and this kernel has none "
+                        "(CONFIG_MEM_SOFT_DIRTY; 'criu check --feature mem_dirty_track' fails)", host=name,
+                        container=self.container, hint="use --mode stop-copy or post-copy, or a kernel built "
+                                                       "with CONFIG_MEM_SOFT_DIRTY=y")
+            raise UsageError("pre-copy (iterative pre-dumps) is not implemented yet; use --mode stop-copy or "
+                             "post-copy")
+        if self.mode == "post-copy":
+            if not dst.get("uffd"):
+                raise PreflightError("post-copy needs userfaultfd on the destination, and this kernel has none "
+                                     "('criu check --feature uffd-noncoop' fails)", host=self.dst_name,
+                                     container=self.container, hint="use --mode stop-copy")
+            if self.data_path == "relay":
+                raise UsageError("post-copy needs the direct data link: drop --data-path relay")
+            if self.keep_source:
+                raise UsageError("post-copy leaves no complete checkpoint on the source: drop --keep-source")
+            return "post-copy"
+        return "stop-copy"
+
     def _start_link(self) -> bool:
-        """Ask the source to open the direct data link to the destination; its answer is collected later."""
+        """Ask the source to open the direct data link(s) to the destination; the answers are collected later."""
+        agent = self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT
         try:
             listen = self.dst.call("dest.listen", migration_id=self.id)
+            if self.report.mode == "post-copy":   # a second link for CRIU's lazy page traffic
+                pages = self.dst.call("dest.listen", migration_id=self.id, kind="pages")
+                self.src.call("source.connect", migration_id=self.id, target=self.dst_name, kind="pages",
+                              socket=pages["socket"], token=pages["token"], io_timeout=self.io_timeout,
+                              agent=agent)
         except MigrationError as exc:
             self._no_link(exc)
             return False
         self.src.start("source.connect", migration_id=self.id, target=self.dst_name, socket=listen["socket"],
-                       token=listen["token"], io_timeout=self.io_timeout,
-                       agent=self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT)
+                       token=listen["token"], io_timeout=self.io_timeout, agent=agent)
         return True
 
     def _no_link(self, exc: MigrationError) -> None:
         """No direct link: an error if it was asked for, else the data is relayed (and the report says why)."""
-        if self.data_path == "direct":
+        if self.data_path == "direct" or self.report.mode == "post-copy":
             exc.hint = exc.hint or (f"{self.src_name} must reach {self.dst_name} by ssh with its own keys and "
                                     "known hosts; or use --data-path relay")
             raise exc
@@ -292,13 +339,14 @@ class _Migration:
         destination receives, verifies and restores. No round trip through this machine in between."""
         r = self.report
         t = time.monotonic()
-        self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, restore_id=self.dst_id,
+        lazy = r.mode == "post-copy"
+        self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, restore_id=self.dst_id, lazy=lazy,
                        **receive_args)
         on_bytes = self._bytes("checkpoint")
         try:
             self.src.set_timeout(self.io_timeout)   # the source reports progress at least twice a second
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
-                                             page_link=r.pages_streamed, send=send_args,
+                                             page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
         except MigrationError:
             self._collect_dest()
@@ -324,6 +372,22 @@ class _Migration:
         self.phase("restore", t)
         return sent
 
+    def _wait_pages(self) -> None:
+        """Post-copy: the container runs on the destination; its remaining pages arrive on demand and in the
+        background. Only when all have may the source let go."""
+        t = time.monotonic()
+        self.emit({"event": "phase", "phase": "pages"})
+        on_bytes = self._bytes("pages")
+        self.src.start("source.wait_pages", migration_id=self.id)
+        try:
+            self.dst.call("dest.wait_pages", migration_id=self.id)
+        finally:
+            done = self.src.wait(progress=lambda m: on_bytes(m.get("bytes", 0)))
+        self.report.postcopy_seconds = time.monotonic() - t
+        self.report.wire_bytes += done.get("page_bytes", 0)
+        self.report.raw_bytes += done.get("page_bytes", 0)
+        self.phase("pages", t)
+
     def _collect_dest(self) -> None:
         """The source failed mid-stream: the destination sees its stream end and answers (an error); if its link
         is gone too, stop waiting for it (it cleans up by itself)."""
@@ -340,13 +404,21 @@ class _Migration:
         if self.state in ("init", "committed"):
             return
         problems = []
-        if self.dst is not None and self.state in ("prepared", "frozen"):
+        if self.dst is not None and self.state in ("prepared", "frozen", "pages"):
             try:
                 self.dst.call("dest.discard")
             except MigrationError as e:
                 # the destination agent removes its provisional container by itself when its session ends
                 problems.append(f"{self.dst_name}: {e.message}")
-        if self.state == "frozen" and self.src is not None:
+        if self.state == "pages" and problems:
+            # it ran on DST and may still: resuming the frozen original too could run it twice
+            raise RollbackError(
+                f"post-copy failed ({exc}); {self.container} is stopped on {self.dst_name} only if that host's "
+                f"agent could act, so the frozen original on {self.src_name} was not resumed",
+                host=self.dst_name, container=self.container,
+                hint=f"once {self.dst_name} is reachable and the container is gone there, thaw it on "
+                     f"{self.src_name} with: runc --root <Docker's runc root> resume <id>") from exc
+        if self.state in ("frozen", "pages") and self.src is not None:
             try:
                 self.src.set_timeout(None)
                 self.src.call("source.resume", container_id=self.src_info["id"], migration_id=self.id,
