@@ -270,6 +270,7 @@ class Pump:
     def _in(self) -> None:
         try:
             _splice_all(self.link.proc.stdout.fileno(), self.sock.fileno())
+            self.sock.shutdown(socket.SHUT_WR)   # the destination is done: CRIU waits for this end of stream
         except OSError:
             pass
 
@@ -376,9 +377,12 @@ def attach(sock_path: str) -> int:
 
 
 def _answers(sock: socket.socket) -> None:
-    """What the destination says back (CRIU's page-server acknowledgements) goes to the source."""
+    """What the destination says back (CRIU's page-server answers, lazy page requests) goes to the source; when
+    the destination closes its end, so does this one (CRIU on the source waits for that end of stream)."""
     try:
         while data := sock.recv(65536):
             os.write(1, data)
     except OSError:
         pass
+    os.close(1)   # sshd sends the end of stream once both of these are closed
+    os.close(2)

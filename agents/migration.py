@@ -34,6 +34,7 @@ WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, 
 IMAGES = "images"          # archive prefix of the checkpoint directory
 CHECKPOINT = "migration"   # Docker's name for the checkpoint inside the work dir
 UNSUPPORTED_MODES = ("container:",)
+LAZY_PIPE_BYTES = 819 * 4096   # CRIU 4.2's PIPE_MAX_SIZE pages
 
 
 @functools.cache
@@ -107,6 +108,7 @@ def source_inspect(args: dict, ch) -> dict:
             "image_bytes": image.get("Size", 0), "volumes": volumes, "binds": binds,
             "memory_bytes": _memory_bytes(info["Id"]), "upper_bytes": dir_size(upper),
             "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"),
+            "lazy_pipes_problem": _lazy_pipes_ok(),
         }
     finally:
         dk.close()
@@ -323,6 +325,22 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
     sock = socket.create_connection(("127.0.0.1", port))
     relay = link.Pump(sock, pages)
     LAZY[mid] = _LazyDump(proc, pages, relay, time.monotonic(), runc_root, cid, scratch / "dump.log")
+
+
+def _lazy_pipes_ok() -> str | None:
+    """CRIU's lazy page server needs a 3.3 MB pipe and does not check that it got one (it then fails on the
+    first page with EBADF). None if this host allows it, else why not."""
+    import fcntl
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(r, link.F_SETPIPE_SZ, LAZY_PIPE_BYTES)
+        return None
+    except OSError:
+        return ("CRIU's lazy page server needs 3.3 MB pipes, above fs.pipe-max-size, and this root lacks "
+                "CAP_SYS_RESOURCE")
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def source_wait_pages(args: dict, ch) -> dict:
@@ -692,7 +710,7 @@ def _start_lazy_pages(images: Path, args: dict) -> Path:
     lazy_dir.mkdir(mode=0o700, exist_ok=True)
     PENDING.lazy = subprocess.Popen(["criu", "lazy-pages", "--images-dir", str(images), "--work-dir",
                                      str(lazy_dir), "--page-server", "--ps-socket", str(fd),
-                                     "--log-file", "lazy-pages.log", "-v4"],
+                                     "--log-file", "lazy-pages.log", "-v2"],
                                     pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     PENDING.lazy_started = time.monotonic()
     conn.close()   # the daemon has its own copy of the descriptor

@@ -27,6 +27,7 @@ from migrate.errors import LabError, MigrationError
 from transport.hosts import LocalHost
 
 LAB_ROOT = Path("/var/lib/cmigrate-lab")     # keys, configs, data-roots, logs
+LAZY_PIPE_BYTES = 819 * 4096   # CRIU 4.2's PIPE_MAX_SIZE pages, for its lazy page server's tee pipe
 RUN_ROOT = Path("/run/cmigrate-lab")         # exec-roots and sockets (kept short: unix socket paths <= 107)
 BRIDGE = "cmlab0"
 BRIDGE_ADDR = "198.18.0.1"
@@ -469,6 +470,21 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
+PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
+
+
+def _allow_lazy_page_pipes(say: Say) -> None:
+    """CRIU's lazy page server (post-copy) sizes a pipe at 3.3 MB; above fs.pipe-max-size (1 MiB by default)
+    only CAP_SYS_RESOURCE may, and root on these build machines lacks it: post-copy then fails on its first
+    page. The lab's hosts share this kernel: raise the limit to 4 MiB (it lasts until reboot)."""
+    try:
+        if int(PIPE_MAX_SIZE.read_text()) < LAZY_PIPE_BYTES:
+            PIPE_MAX_SIZE.write_text(str(1 << 22))
+            say("raised fs.pipe-max-size to 4 MiB for CRIU's lazy page server (post-copy)")
+    except (OSError, ValueError) as exc:
+        say(f"cannot raise fs.pipe-max-size ({exc}): post-copy may be refused")
+
+
 def up(say: Say = lambda s: None) -> None:
     """Bring the lab up; a no-op when it already runs, a clean restart after a crash."""
     if os.geteuid() != 0:
@@ -496,6 +512,7 @@ def up(say: Say = lambda s: None) -> None:
             known.append(f"{h.name},{h.address} {key_type} {key_b64}")
         _write(KNOWN_HOSTS, "\n".join(known) + "\n", 0o644)
         _write(SSH_CONFIG, _ssh_config(), 0o644)
+        _allow_lazy_page_pipes(say)
         _start_network(say)
         for h in HOSTS:
             say(f"{h.name}: starting sshd and dockerd")

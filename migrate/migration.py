@@ -181,6 +181,10 @@ class _Migration:
                             named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64])
         r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
         r.mode = self._choose_mode(info["criu"], pre["criu"])
+        if r.mode == "post-copy" and info.get("lazy_pipes_problem"):
+            raise PreflightError(f"post-copy is not possible: {info['lazy_pipes_problem']}", host=self.src_name,
+                                 container=self.container,
+                                 hint="sysctl -w fs.pipe-max-size=4194304 (or use --mode stop-copy)")
         self.phase("preflight", t)
 
         self.state = "prepared"
