@@ -20,6 +20,7 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo $0)"
 [ -r /etc/os-release ] || die "cannot read /etc/os-release: only Debian 12 or newer is supported"
+# shellcheck source=/dev/null
 . /etc/os-release
 [ "${ID:-}" = debian ] || die "this is ${PRETTY_NAME:-an unknown system}, not Debian: only Debian 12 or newer is supported"
 major=${VERSION_ID%%.*}
@@ -28,19 +29,23 @@ if [ -n "${major}" ] && [ "${major}" -lt 12 ] 2>/dev/null; then
 fi
 
 # ---------------------------------------------------------------- Debian packages
-runtime_pkgs="docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables
-  python3 python3-venv ca-certificates xz-utils tar util-linux procps zstd"
-build_pkgs="build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+runtime_pkgs=(docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables
+  python3 python3-venv ca-certificates xz-utils tar util-linux procps zstd)
+build_pkgs=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
-  libaio-dev dpkg-dev"
-missing=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' $runtime_pkgs $build_pkgs 2>/dev/null |
-          awk '$2 != "ii" {print $1}'; for p in $runtime_pkgs $build_pkgs; do
-          dpkg-query -W "$p" >/dev/null 2>&1 || echo "$p"; done)
-missing=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
-if [ -n "${missing// /}" ]; then
-    say "installing Debian packages: $missing"
+  libaio-dev dpkg-dev)
+# what the tests use to check the Vagrant lab (no VM runs here): `vagrant validate` and shellcheck
+check_pkgs=(vagrant shellcheck)
+all_pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${check_pkgs[@]}")
+# shellcheck disable=SC2016  # ${Package} is dpkg-query's format, not the shell's
+mapfile -t missing < <({ dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${all_pkgs[@]}" 2>/dev/null |
+                         awk '$2 != "ii" {print $1}'
+                         for p in "${all_pkgs[@]}"; do dpkg-query -W "$p" >/dev/null 2>&1 || echo "$p"; done
+                       } | sort -u)
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
     say "Debian packages: already installed"
 fi
@@ -67,11 +72,11 @@ else
     rm -f criu_*.dsc
     # The debian/ tarball has been seen to answer 404; the upstream tree builds without it.
     apt-get "${apt_src[@]}" source --download-only criu >/dev/null 2>&1 || true
-    dsc=$(ls -1 criu_*.dsc 2>/dev/null | sort -V | tail -n1)
+    dsc=$(find . -maxdepth 1 -name 'criu_*.dsc' -printf '%f\n' | sort -V | tail -n1)
     [ -n "$dsc" ] || die "could not download criu's .dsc from Debian sid"
     orig=$(awk '/^Checksums-Sha256:/ {f = 1; next} f && /^ / && $3 ~ /orig\.tar/ {print $3; exit}' "$dsc")
     sum=$(awk -v o="$orig" '/^Checksums-Sha256:/ {f = 1; next} f && /^ / && $3 == o {print $1; exit}' "$dsc")
-    [ -n "$orig" ] && [ -f "$orig" ] || die "criu's orig tarball ($orig) was not downloaded"
+    if [ -z "$orig" ] || [ ! -f "$orig" ]; then die "criu's orig tarball ($orig) was not downloaded"; fi
     echo "$sum  $orig" | sha256sum -c --quiet - || die "$orig does not match the checksum in $dsc"
     ver=${orig#criu_}; ver=${ver%.orig.tar.*}
     version_ge "$ver" "$criu_min" || die "Debian sid offers CRIU $ver, older than the required $criu_min"
@@ -93,14 +98,14 @@ fi
 py=python3
 $py -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >= 3.11 is required (found $($py --version 2>&1))"
 stamp="$venv/.cmigrate-installed"
-want=$(cat "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)
+want=$(sha256sum < "$repo/pyproject.toml" | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c '' 2>/dev/null; then
     say "virtualenv: up to date at $venv"
 else
     say "creating virtualenv at $venv"
     $py -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e "$repo[test]"
+    "$venv/bin/pip" install -q -e "${repo}[test]"
     echo "$want" > "$stamp"
 fi
 # pycriu comes from the CRIU build, not from PyPI.
