@@ -72,11 +72,36 @@ def _memory_bytes(cid: str) -> int:
 
 
 # ====================================================================== source
+LOCKS = Path("/run/cmigrate/locks")
+HELD: dict[str, int] = {}   # container id -> descriptor of its lock file, held by this agent until it exits
+
+
+def _lock_container(cid: str, name: str) -> None:
+    """One migration of a container at a time: an exclusive lock on the source, held by this agent's process
+    (the kernel drops it when the agent exits, however it exits)."""
+    if cid in HELD:
+        return
+    import fcntl
+    LOCKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(LOCKS / cid, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        os.close(fd)
+        raise PreflightError(f"container {name} is already being migrated (cmigrate agent pid {holder or '?'})",
+                             container=name, hint="wait for that migration to end") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    HELD[cid] = fd
+
+
 def source_inspect(args: dict, ch) -> dict:
     container = args["container"]
     dk = Docker()
     try:
         info = dk.inspect_running(container)
+        _lock_container(info["Id"], info["Name"].lstrip("/"))
         dk.require_experimental()
         criu = require_criu(this_host())
         hc = info["HostConfig"]
