@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -119,6 +120,13 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode = data_path, mode
     return m.run()
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the tests (CMIGRATE_FAULT=kill-cli@POINT): the CLI dies there, as if SIGKILLed by
+    the operator; ``cmigrate recover`` must then sort things out."""
+    if os.environ.get("CMIGRATE_FAULT") == f"kill-cli@{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Migration:
@@ -244,14 +252,17 @@ class _Migration:
             self._wait_pages()
             self.state = "restored"
 
+        _fault("restored")
         # ---- commit point: the destination keeps the container; the source lets go of it
         self.dst.call("dest.commit", migration_id=self.id)
         self.state = "committed"
+        _fault("committed")
         t = time.monotonic()
         try:
             fin = self.src.call("source.finish", container_id=info["id"], migration_id=self.id,
                                 keep=self.keep_source)
             r.kept_source, r.source_checkpoint = fin["kept"], fin.get("checkpoint")
+            self.dst.call("dest.forget", migration_id=self.id)
         except MigrationError as exc:
             r.warnings.append(f"the container runs on {self.dst_name}, but its stopped copy on {self.src_name} "
                               f"could not be cleaned up: {exc.line()}")
@@ -318,9 +329,11 @@ class _Migration:
         """Dump; relay the files through this machine; restore: one call after the other."""
         r = self.report
         t = time.monotonic()
-        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
+        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
+                                         destination=self.dst_name)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
+        _fault("frozen")
         t = time.monotonic()
         self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
                    sum(v["bytes"] for v in info["volumes"])})
@@ -350,6 +363,7 @@ class _Migration:
         try:
             self.src.set_timeout(self.io_timeout)   # the source reports progress at least twice a second
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
+                                             destination=self.dst_name,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
         except MigrationError:
@@ -358,6 +372,7 @@ class _Migration:
         finally:
             self.src.set_timeout(None)
         r.frozen_dump = dump["dump_seconds"]
+        _fault("frozen")
         sent = dump["sent"]
         r.phases["dump"] = time.monotonic() - t - sent["seconds"]
         r.phases["transfer"] = sent["seconds"]
