@@ -253,6 +253,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                    help="leave the source container stopped with its checkpoint instead of removing it")
     p.add_argument("--io-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="give up when a host sends nothing for this long during a transfer (default 120)")
+    p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
+                   help="stop-copy over the direct link: memory pages straight from the dump into the link "
+                        "(always), or dumped to disk and sent after (never); auto: from 64 MiB of memory")
     p.add_argument("--data-path", default="auto", choices=("auto", "direct", "relay"),
                    help="direct: SOURCE sends to DESTINATION over its own ssh (it must reach DESTINATION by that "
                         "name); relay: through this machine; auto (default): direct if it works, else relay")
@@ -269,7 +272,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         report = migrate(args.container, args.source, args.destination, ssh_config=args.ssh_config,
                          mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
-                         io_timeout=args.io_timeout, progress=bars, data_path=args.data_path)
+                         io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
+                         stream_pages=args.stream_pages)
     finally:
         bars.close()
     if args.json:
@@ -282,7 +286,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 VALUE_OPTIONS = {"-H", "--host", "-F", "--ssh-config", "--mode", "--level", "--threads", "--io-timeout",
-                 "--data-path", "--checkpoint-dir", "--checkpoint"}
+                 "--data-path", "--stream-pages", "--checkpoint-dir", "--checkpoint"}
 
 
 def _positionals(argv: list[str]) -> list[str]:

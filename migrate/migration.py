@@ -95,11 +95,14 @@ class Report:
 def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None,
-            data_path: str = "auto") -> Report:
+            data_path: str = "auto", stream_pages: str = "auto") -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
     :class:`MigrationError` subclass on failure, after putting the container back on the source.
+
+    ``stream_pages`` (stop-copy over the direct link): ``always`` sends memory pages from CRIU's dump straight
+    into the link, ``never`` dumps them to disk and sends the files after, ``auto`` streams from 64 MiB of memory.
 
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
@@ -112,13 +115,15 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"source and destination are the same host ({source})")
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not available: choose from {', '.join(MODES)}")
+    if stream_pages not in ("auto", "always", "never"):
+        raise UsageError(f"stream_pages {stream_pages!r}: choose from auto, always, never")
     if data_path not in DATA_PATHS:
         raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
     if not 1 <= level <= 19:
         raise UsageError(f"compression level {level} is out of range 1..19")
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
-    m.data_path, m.mode = data_path, mode
+    m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
     return m.run()
 
 
@@ -234,7 +239,8 @@ class _Migration:
         # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
         # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab)
         r.pages_streamed = (direct and not self.keep_source and r.mode == "stop-copy"
-                            and info["memory_bytes"] >= STREAM_PAGES_FROM)
+                            and {"always": True, "never": False}.get(self.stream_pages,
+                                                                      info["memory_bytes"] >= STREAM_PAGES_FROM))
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
