@@ -61,6 +61,27 @@ def _workdir(migration_id: str, role: str, create: bool = False) -> Path:
     return path
 
 
+JOURNAL = "journal.json"
+
+
+def _journal(work: Path, **fields) -> None:
+    """A migration's small journal on this host, replaced atomically: what ``cmigrate recover`` reads to finish
+    or roll back a migration whose CLI died (the commit point: the destination's ``committed``)."""
+    path = work / JOURNAL
+    old = json.loads(path.read_text()) if path.exists() else {}
+    tmp = work / (JOURNAL + ".tmp")
+    tmp.write_text(json.dumps(old | fields | {"updated": time.time()}))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _read_journal(work: Path) -> dict | None:
+    try:
+        return json.loads((work / JOURNAL).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _memory_bytes(cid: str) -> int:
     for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes",
                  f"/sys/fs/cgroup/docker/{cid}/memory.current"):
@@ -72,11 +93,41 @@ def _memory_bytes(cid: str) -> int:
 
 
 # ====================================================================== source
+LOCKS = Path("/run/cmigrate/locks")
+HELD: dict[str, int] = {}   # container id -> descriptor of its lock file, held by this agent until it exits
+
+
+def _lock_container(cid: str, name: str) -> None:
+    """One migration of a container at a time: an exclusive lock on the source, held by this agent's process
+    (the kernel drops it when the agent exits, however it exits)."""
+    if cid in HELD:
+        return
+    import fcntl
+    LOCKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(LOCKS / cid, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        os.close(fd)
+        raise PreflightError(f"container {name} is already being migrated (cmigrate agent pid {holder or '?'})",
+                             container=name, hint="wait for that migration to end") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    HELD[cid] = fd
+
+
 def source_inspect(args: dict, ch) -> dict:
     container = args["container"]
     dk = Docker()
     try:
         info = dk.inspect_running(container)
+        _lock_container(info["Id"], info["Name"].lstrip("/"))
+        for journal in source_pending({"container": info["Id"]}, ch):
+            raise PreflightError(f"an interrupted migration of {container} to {journal.get('destination')} is "
+                                 "pending here", container=container,
+                                 hint=f"run: cmigrate recover {os.environ.get('CMIGRATE_HOST') or 'HOST'} "
+                                      f"{container}")
         dk.require_experimental()
         criu = require_criu(this_host())
         hc = info["HostConfig"]
@@ -153,6 +204,8 @@ def source_dump(args: dict, ch) -> dict:
         upper = rootfs.upper_dir(info)
         name = info["Name"].lstrip("/")
         runc_root = dk.runc_root(info)
+        _journal(work, role="source", migration_id=args["migration_id"], container_id=cid, name=name,
+                 destination=args.get("destination"), state="frozen")
         policy = None
         page_bytes = 0
         t0 = time.time()
@@ -629,6 +682,8 @@ def dest_create(args: dict, ch) -> dict:
         PENDING.volumes = sorted({v.name for v in dk.client.volumes.list()} - before)
         if not _workdir(args["migration_id"], "dst").is_dir():
             _workdir(args["migration_id"], "dst", create=True)
+        _journal(_workdir(args["migration_id"], "dst"), role="destination", migration_id=args["migration_id"],
+                 container_id=cid, name=name, volumes=PENDING.volumes, state="created")
         info = dk.inspect(cid)
         mounts = {m["Destination"]: m["Source"] for m in info.get("Mounts", []) if m["Type"] == "volume"}
         return {"id": cid, "volume_sources": mounts}
@@ -821,9 +876,70 @@ def dest_restore(args: dict, ch) -> dict:
 
 
 def dest_commit(args: dict, ch) -> dict:
-    shutil.rmtree(_workdir(args["migration_id"], "dst"), ignore_errors=True)
+    """The commit point: from here the destination keeps the container, whatever happens to the CLI. Only the
+    journal stays (state committed), until the source has let go (``dest.forget``)."""
+    work = _workdir(args["migration_id"], "dst")
+    _journal(work, state="committed")
+    for entry in work.iterdir():
+        if entry.name != JOURNAL:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
     PENDING.committed = True
     return {"committed": True}
+
+
+def dest_forget(args: dict, ch) -> dict:
+    """The migration is over on both hosts: its journal goes."""
+    shutil.rmtree(_workdir(args["migration_id"], "dst"), ignore_errors=True)
+    return {"forgotten": True}
+
+
+def dest_status(args: dict, ch) -> dict:
+    """For recover: did this host commit the migration, and does its container run?"""
+    journal = _read_journal(_workdir(args["migration_id"], "dst"))
+    if journal is None:
+        return {"known": False, "committed": False, "running": False}
+    dk = Docker()
+    try:
+        try:
+            running = bool(dk.inspect(journal["container_id"])["State"].get("Running"))
+        except MigrationError:
+            running = False
+    finally:
+        dk.close()
+    return {"known": True, "committed": journal.get("state") == "committed", "running": running,
+            "container_id": journal["container_id"]}
+
+
+def dest_abandon(args: dict, ch) -> dict:
+    """For recover: an uncommitted migration whose agent died without cleaning up: remove what it made."""
+    work = _workdir(args["migration_id"], "dst")
+    journal = _read_journal(work)
+    if journal is not None and journal.get("state") == "committed":
+        raise MigrationError("this migration was committed here: its container stays", container=journal["name"])
+    if journal is not None:
+        PENDING.container_id, PENDING.migration_id = journal["container_id"], args["migration_id"]
+        PENDING.volumes = journal.get("volumes") or []
+        return dest_discard()
+    shutil.rmtree(work, ignore_errors=True)
+    return {"removed": []}
+
+
+def source_recover_lock(args: dict, ch) -> dict:
+    """For recover: take the container's migration lock, so that a migration still in progress is left alone."""
+    _lock_container(args["container_id"], args.get("name") or args["container_id"])
+    return {"locked": True}
+
+
+def source_pending(args: dict, ch) -> list[dict]:
+    """For recover: the migrations this host was the source of and that did not end (their journals)."""
+    root = work_root()
+    found = []
+    for work in sorted(root.glob("*-src")) if root.is_dir() else []:
+        journal = _read_journal(work)
+        if journal and (not args.get("container") or args["container"] in (journal.get("name"),
+                                                                             journal.get("container_id"))):
+            found.append(journal)
+    return found
 
 
 def dest_discard(args: dict | None = None, ch=None) -> dict:
@@ -875,6 +991,8 @@ def on_session_end() -> None:
 
 OPERATIONS = {
     "source.inspect": source_inspect,
+    "source.pending": source_pending,
+    "source.recover_lock": source_recover_lock,
     "source.send_image": source_send_image,
     "source.dump": source_dump,
     "source.connect": source_connect,
@@ -890,5 +1008,8 @@ OPERATIONS = {
     "dest.restore": dest_restore,
     "dest.wait_pages": dest_wait_pages,
     "dest.commit": dest_commit,
+    "dest.forget": dest_forget,
+    "dest.status": dest_status,
+    "dest.abandon": dest_abandon,
     "dest.discard": dest_discard,
 }

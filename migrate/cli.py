@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from migrate import __version__
 from migrate.errors import MigrationError, UsageError
 
-COMMANDS = ("lab", "checkpoint", "start", "bench")
+COMMANDS = ("lab", "checkpoint", "start", "bench", "recover")
 
 
 def _say(quiet: bool):
@@ -110,6 +110,19 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from migrate.recover import recover
+    outcomes = recover(args.host_name, args.container, ssh_config=args.ssh_config)
+    if args.json:
+        print(json.dumps([o.__dict__ for o in outcomes], indent=2))
+    elif not outcomes:
+        print(f"nothing to recover on {args.host_name}" + (f" for {args.container}" if args.container else ""))
+    for o in outcomes:
+        if not args.json:
+            print(o.line())
+    return 0 if all(o.result in ("completed", "rolled-back") for o in outcomes) else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -175,10 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="64,256,1024", help="memhog sizes in MiB (default 64,256,1024)")
     p.add_argument("--dirty", default="0,10,100", help="memhog dirty rates in MB/s (default 0,10,100)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each method per workload (default 5)")
-    p.add_argument("--methods", default="cmigrate,postcopy,naive,raw", help="methods to compare (default: all: %(default)s)")
+    p.add_argument("--methods", default="cmigrate,postcopy,naive,raw",
+                   help="methods to compare (default: all: %(default)s)")
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("recover", parents=[common],
+                       help="finish or roll back migrations from HOST whose cmigrate was interrupted")
+    p.add_argument("host_name", metavar="HOST", help="the source host of the interrupted migration(s)")
+    p.add_argument("container", nargs="?", help="only this container's")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("start", parents=[common], help="start a stopped container from a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="NAME", help="restore from this checkpoint")
@@ -233,6 +253,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                    help="leave the source container stopped with its checkpoint instead of removing it")
     p.add_argument("--io-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="give up when a host sends nothing for this long during a transfer (default 120)")
+    p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
+                   help="stop-copy over the direct link: memory pages straight from the dump into the link "
+                        "(always), or dumped to disk and sent after (never); auto: from 64 MiB of memory")
     p.add_argument("--data-path", default="auto", choices=("auto", "direct", "relay"),
                    help="direct: SOURCE sends to DESTINATION over its own ssh (it must reach DESTINATION by that "
                         "name); relay: through this machine; auto (default): direct if it works, else relay")
@@ -249,7 +272,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         report = migrate(args.container, args.source, args.destination, ssh_config=args.ssh_config,
                          mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
-                         io_timeout=args.io_timeout, progress=bars, data_path=args.data_path)
+                         io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
+                         stream_pages=args.stream_pages)
     finally:
         bars.close()
     if args.json:
@@ -262,7 +286,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 VALUE_OPTIONS = {"-H", "--host", "-F", "--ssh-config", "--mode", "--level", "--threads", "--io-timeout",
-                 "--data-path", "--checkpoint-dir", "--checkpoint"}
+                 "--data-path", "--stream-pages", "--checkpoint-dir", "--checkpoint"}
 
 
 def _positionals(argv: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -94,11 +95,14 @@ class Report:
 def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None,
-            data_path: str = "auto") -> Report:
+            data_path: str = "auto", stream_pages: str = "auto") -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
     :class:`MigrationError` subclass on failure, after putting the container back on the source.
+
+    ``stream_pages`` (stop-copy over the direct link): ``always`` sends memory pages from CRIU's dump straight
+    into the link, ``never`` dumps them to disk and sends the files after, ``auto`` streams from 64 MiB of memory.
 
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
@@ -111,14 +115,23 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"source and destination are the same host ({source})")
     if mode not in MODES:
         raise UsageError(f"mode {mode!r} is not available: choose from {', '.join(MODES)}")
+    if stream_pages not in ("auto", "always", "never"):
+        raise UsageError(f"stream_pages {stream_pages!r}: choose from auto, always, never")
     if data_path not in DATA_PATHS:
         raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
     if not 1 <= level <= 19:
         raise UsageError(f"compression level {level} is out of range 1..19")
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
-    m.data_path, m.mode = data_path, mode
+    m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
     return m.run()
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the tests (CMIGRATE_FAULT=kill-cli@POINT): the CLI dies there, as if SIGKILLed by
+    the operator; ``cmigrate recover`` must then sort things out."""
+    if os.environ.get("CMIGRATE_FAULT") == f"kill-cli@{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Migration:
@@ -226,7 +239,8 @@ class _Migration:
         # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
         # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab)
         r.pages_streamed = (direct and not self.keep_source and r.mode == "stop-copy"
-                            and info["memory_bytes"] >= STREAM_PAGES_FROM)
+                            and {"always": True, "never": False}.get(self.stream_pages,
+                                                                      info["memory_bytes"] >= STREAM_PAGES_FROM))
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
@@ -244,14 +258,17 @@ class _Migration:
             self._wait_pages()
             self.state = "restored"
 
+        _fault("restored")
         # ---- commit point: the destination keeps the container; the source lets go of it
         self.dst.call("dest.commit", migration_id=self.id)
         self.state = "committed"
+        _fault("committed")
         t = time.monotonic()
         try:
             fin = self.src.call("source.finish", container_id=info["id"], migration_id=self.id,
                                 keep=self.keep_source)
             r.kept_source, r.source_checkpoint = fin["kept"], fin.get("checkpoint")
+            self.dst.call("dest.forget", migration_id=self.id)
         except MigrationError as exc:
             r.warnings.append(f"the container runs on {self.dst_name}, but its stopped copy on {self.src_name} "
                               f"could not be cleaned up: {exc.line()}")
@@ -318,9 +335,11 @@ class _Migration:
         """Dump; relay the files through this machine; restore: one call after the other."""
         r = self.report
         t = time.monotonic()
-        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id)
+        dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
+                                         destination=self.dst_name)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
+        _fault("frozen")
         t = time.monotonic()
         self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
                    sum(v["bytes"] for v in info["volumes"])})
@@ -350,6 +369,7 @@ class _Migration:
         try:
             self.src.set_timeout(self.io_timeout)   # the source reports progress at least twice a second
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
+                                             destination=self.dst_name,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
         except MigrationError:
@@ -358,6 +378,7 @@ class _Migration:
         finally:
             self.src.set_timeout(None)
         r.frozen_dump = dump["dump_seconds"]
+        _fault("frozen")
         sent = dump["sent"]
         r.phases["dump"] = time.monotonic() - t - sent["seconds"]
         r.phases["transfer"] = sent["seconds"]

@@ -178,39 +178,48 @@ def receive_tree(reader: FrameReader, targets: dict[str, Path]) -> dict:
         with tar:
             for member in tar:
                 dest = _safe_target(targets, member.name)
-                if member.isdir():
-                    if dest.is_symlink():
-                        raise TransportError(f"refusing archive member {member.name!r}: a symlink is in the way")
-                    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    os.chmod(dest, member.mode & 0o7777)
-                elif member.issym():
-                    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    if dest.is_symlink() or dest.exists():
-                        raise TransportError(f"refusing archive member {member.name!r}: already exists")
-                    os.symlink(member.linkname, dest)
-                elif member.isreg():
-                    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    src = tar.extractfile(member)
-                    h = hashlib.sha256()
-                    n = 0
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(fd, "wb") as f:
-                        while chunk := src.read(CHUNK):
-                            h.update(chunk)
-                            n += len(chunk)
-                            f.write(chunk)
-                    os.chmod(dest, member.mode & 0o7777)
-                    written[member.name] = {"size": n, "sha256": h.hexdigest()}
-                else:
-                    kind = "hard link" if member.islnk() else "device or special file"
-                    raise TransportError(f"refusing archive member {member.name!r}: {kind}")
+                if dest in targets.values() and not member.isdir():
+                    raise TransportError(f"refusing archive member {member.name!r}: it would replace a target")
                 try:
-                    os.chown(dest, member.uid, member.gid, follow_symlinks=False)
-                    if not member.issym():
-                        os.utime(dest, (member.mtime, member.mtime))
-                except OSError:
-                    pass
+                    _extract(tar, member, dest, written)
+                except OSError as exc:
+                    raise TransportError(f"cannot extract archive member {member.name!r}: {exc}") from exc
     return written
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, written: dict[str, dict]) -> None:
+    if member.isdir():
+        if dest.is_symlink():
+            raise TransportError(f"refusing archive member {member.name!r}: a symlink is in the way")
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(dest, member.mode & 0o7777)
+    elif member.issym():
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if dest.is_symlink() or dest.exists():
+            raise TransportError(f"refusing archive member {member.name!r}: already exists")
+        os.symlink(member.linkname, dest)
+    elif member.isreg():
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        src = tar.extractfile(member)
+        h = hashlib.sha256()
+        n = 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+                f.write(chunk)
+        os.chmod(dest, member.mode & 0o7777)
+        written[member.name] = {"size": n, "sha256": h.hexdigest()}
+    else:
+        kind = "hard link" if member.islnk() else "device or special file"
+        raise TransportError(f"refusing archive member {member.name!r}: {kind}")
+    try:
+        os.chown(dest, member.uid, member.gid, follow_symlinks=False)
+        if not member.issym():
+            os.utime(dest, (member.mtime, member.mtime))
+    except OSError:
+        pass
 
 
 def verify(manifest: dict[str, dict], written: dict[str, dict]) -> None:

@@ -331,3 +331,31 @@ def test_dump_failure_leaves_the_container_running_on_the_source(both, failing_c
     assert running(a, name) and absent(b, name) and no_work_left()
     before = a.logs(name)
     a.wait_logs(name, lambda lines: len(lines) >= len(before) + 1)
+
+
+def test_second_migration_of_the_same_container_is_refused_while_one_runs(both, docker_a):
+    a, b = both
+    name = a.run_detached("busybox", "sh", "-c", COUNTER)
+    other = a.run_detached("busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 1)
+    # a migration in progress: an agent on hostA that has taken the container in hand (its preflight)
+    from migrate.hosts import open_host
+    from transport.agent import AgentSession
+    host = open_host("hostA", None)
+    try:
+        with AgentSession(host) as first:
+            first.call("source.inspect", container=name)
+            res = cmigrate(name, "hostA", "hostB")
+            assert res.status == 1
+            assert res.err.startswith(f"cmigrate: error: hostA: container {name} is already being migrated"), \
+                res.err
+            assert running(a, name) and absent(b, name)
+            # another container moves meanwhile
+            assert cmigrate(other, "hostA", "hostB").status == 0
+            assert running(b, other)
+    finally:
+        host.close()
+    # the first agent is gone, its lock with it
+    res = cmigrate(name, "hostA", "hostB")
+    assert res.status == 0, res.err
+    assert running(b, name) and absent(a, name)

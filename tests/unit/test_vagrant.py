@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = ["install.sh", "test.sh", "demo.sh", ".ci/run", "agents/cmigrate-runc", "vagrant/keys.sh",
            "vagrant/provision.sh", "vagrant/ssh-config.sh"]
 

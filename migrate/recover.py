@@ -1,0 +1,69 @@
+"""``cmigrate recover HOST [CONTAINER]``: finish or roll back migrations from HOST whose CLI died.
+
+Each migration keeps a journal on both hosts. The destination's ``committed`` is the commit point: if the
+destination committed, the migration is finished (the frozen source container is removed); otherwise what the
+destination made is removed and the source container is thawed (it never stopped existing). A migration still in
+progress (its source agent holds the container's lock) is left alone; so is one whose destination cannot be
+reached (the container stays frozen on HOST: running it there could make it run twice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from migrate.errors import MigrationError
+from migrate.hosts import open_host
+from migrate.names import validate_host
+from transport.agent import AgentSession
+
+
+@dataclass
+class Outcome:
+    container: str
+    source: str
+    destination: str
+    migration_id: str
+    result: str        # completed | rolled-back | in-progress | unresolved
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.container} ({self.migration_id}, {self.source} -> {self.destination}): {self.result}: " \
+               f"{self.detail}"
+
+
+def recover(host: str, container: str | None = None, *, ssh_config: str | None = None,
+            agent: str | None = None) -> list[Outcome]:
+    validate_host(host)
+    src_host = open_host(host, ssh_config)
+    try:
+        with AgentSession(src_host, agent) as src:
+            return [_one(src, host, journal, ssh_config, agent)
+                    for journal in src.call("source.pending", container=container)]
+    finally:
+        src_host.close()
+
+
+def _one(src: AgentSession, host: str, journal: dict, ssh_config, agent) -> Outcome:
+    name, mid, dst_name = journal["name"], journal["migration_id"], journal.get("destination") or "?"
+    out = lambda result, detail: Outcome(name, host, dst_name, mid, result, detail)  # noqa: E731
+    try:
+        src.call("source.recover_lock", container_id=journal["container_id"], name=name)
+    except MigrationError as exc:
+        return out("in-progress", exc.message)
+    try:
+        dst_host = open_host(dst_name, ssh_config)
+    except MigrationError as exc:
+        return out("unresolved", f"{dst_name} cannot be reached ({exc.message}); {name} stays frozen on {host}")
+    try:
+        with AgentSession(dst_host, agent) as dst:
+            status = dst.call("dest.status", migration_id=mid)
+            if status["committed"]:
+                src.call("source.finish", container_id=journal["container_id"], migration_id=mid, keep=False)
+                dst.call("dest.forget", migration_id=mid)
+                return out("completed", f"{name} runs on {dst_name}; its frozen copy on {host} was removed")
+            dst.call("dest.abandon", migration_id=mid)
+            src.call("source.resume", container_id=journal["container_id"], migration_id=mid)
+            return out("rolled-back", f"{name} runs on {host} again; {dst_name} kept nothing of it")
+    except MigrationError as exc:
+        return out("unresolved", f"{exc.line()}; {name} stays frozen on {host}")
+    finally:
+        dst_host.close()
