@@ -165,6 +165,14 @@ def criu_log_excerpt(message: str, lines: int = 12) -> tuple[str | None, str]:
     return str(path), "\n".join((wanted or text[-lines:])[:lines])
 
 
+def criu_says(log: Path, fallback: str) -> tuple[str, str]:
+    """For an error message: CRIU's first error line in ``log`` without its source location (``fallback`` when the
+    log has none), and the log's relevant lines."""
+    _, excerpt = criu_log_excerpt(f"log file: {log}")
+    first = (excerpt.splitlines() or [fallback])[0]
+    return first.split("): ", 1)[-1], excerpt
+
+
 def criu_config_for_cmigrate() -> str:
     """A CRIU configuration for the dumps and restores cmigrate runs itself, handed to CRIU through runc by the
     ``CRIU_CONFIG_FILE`` environment variable (scoped to that one run; never the global /etc/criu/runc.conf).

@@ -24,7 +24,7 @@ import zstandard
 from agents import link, rootfs
 from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                restore_from, this_host)
-from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
+from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             RollbackError, TransportError)
 from migrate.hostinfo import require_criu
@@ -303,9 +303,8 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
         if conn is not None:   # the destination sees the stream end and gives up its half
             conn.close()
         log = scratch / "dump.log"
-        _, excerpt = criu_log_excerpt(f"log file: {log}")
-        first = (excerpt.splitlines() or [res.stderr.strip() or "runc checkpoint failed"])[0]
-        raise CheckpointError(f"checkpoint failed, CRIU says: {first.split('): ', 1)[-1]}",
+        first, excerpt = criu_says(log, res.stderr.strip() or "runc checkpoint failed")
+        raise CheckpointError(f"checkpoint failed, CRIU says: {first}",
                               detail=f"CRIU log {log}:\n{excerpt}" if excerpt else res.stderr.strip())
     shutil.rmtree(scratch, ignore_errors=True)
     return relay.sent if relay is not None else 0
@@ -370,9 +369,8 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
         proc.stderr.close()
         _runc(runc_root, "resume", cid)
         log = scratch / "dump.log"
-        _, excerpt = criu_log_excerpt(f"log file: {log}")
-        first = (excerpt.splitlines() or [err or "runc checkpoint --lazy-pages failed"])[0]
-        raise CheckpointError(f"post-copy checkpoint failed, CRIU says: {first.split('): ', 1)[-1]}",
+        first, excerpt = criu_says(log, err or "runc checkpoint --lazy-pages failed")
+        raise CheckpointError(f"post-copy checkpoint failed, CRIU says: {first}",
                               detail=excerpt or err)
     # CRIU now listens for the lazy-pages daemon: join it to the page link
     sock = socket.create_connection(("127.0.0.1", port))
@@ -415,9 +413,8 @@ def source_wait_pages(args: dict, ch) -> dict:
         lazy.stop()
         LINKS.pop(args["migration_id"] + "-pages", None)
     if lazy.proc.returncode != 0:
-        _, excerpt = criu_log_excerpt(f"log file: {lazy.log}")
-        first = (excerpt.splitlines() or [err or f"exit status {lazy.proc.returncode}"])[0]
-        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first.split('): ', 1)[-1]}",
+        first, excerpt = criu_says(lazy.log, err or f"exit status {lazy.proc.returncode}")
+        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first}",
                              detail=excerpt or err)
     return {"seconds": time.monotonic() - lazy.started, "page_bytes": lazy.relay.total}
 
@@ -789,11 +786,10 @@ def dest_wait_pages(args: dict, ch) -> dict:
     PENDING.lazy = None
     if proc.returncode != 0:
         log = _workdir(args["migration_id"], "dst") / "lazy" / "lazy-pages.log"
-        _, excerpt = criu_log_excerpt(f"log file: {log}")
+        first, excerpt = criu_says(log, err or f"exit status {proc.returncode}")
         # without its pages the container would go on with zeroed memory: it must not run a moment longer
         dest_discard()
-        first = (excerpt.splitlines() or [err or f"exit status {proc.returncode}"])[0]
-        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first.split('): ', 1)[-1]}",
+        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first}",
                              detail=excerpt or err)
     return {"seconds": time.monotonic() - PENDING.lazy_started}
 
@@ -825,10 +821,9 @@ def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None
         proc.stderr.close()
     sock.settimeout(conn.timeout)
     if proc.returncode != 0:
-        _, excerpt = criu_log_excerpt(f"log file: {log}")
-        first = (excerpt.splitlines() or [err.strip() or f"exit status {proc.returncode}"])[0]
-        raise TransportError(f"receiving the memory pages failed, CRIU's page server says: "
-                             f"{first.split('): ', 1)[-1]}", detail=excerpt)
+        first, excerpt = criu_says(log, err.strip() or f"exit status {proc.returncode}")
+        raise TransportError(f"receiving the memory pages failed, CRIU's page server says: {first}",
+                             detail=excerpt)
 
 
 def dest_listen(args: dict, ch) -> dict:
