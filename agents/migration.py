@@ -27,14 +27,13 @@ from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_afte
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             RollbackError, TransportError)
-from migrate.hostinfo import require_criu
+from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES, require_criu
 from transport import framing, streams
 
 WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory
 CHECKPOINT = "migration"   # Docker's name for the checkpoint inside the work dir
 UNSUPPORTED_MODES = ("container:",)
-LAZY_PIPE_BYTES = 819 * 4096   # CRIU 4.2's PIPE_MAX_SIZE pages
 
 
 @functools.cache
@@ -384,7 +383,7 @@ def _lazy_pipes_ok() -> str | None:
     import fcntl
     r, w = os.pipe()
     try:
-        fcntl.fcntl(r, link.F_SETPIPE_SZ, LAZY_PIPE_BYTES)
+        fcntl.fcntl(r, link.F_SETPIPE_SZ, CRIU_LAZY_PIPE_BYTES)
         return None
     except OSError:
         return ("CRIU's lazy page server needs 3.3 MB pipes, above fs.pipe-max-size, and this root lacks "

@@ -9,6 +9,8 @@ from migrate.errors import MigrationError, PreflightError
 from transport.hosts import Host
 
 CRIU_MIN = (4, 2)
+# CRIU 4.2's lazy page server (post-copy) sizes a pipe at its PIPE_MAX_SIZE, 819 pages, without checking it got it
+CRIU_LAZY_PIPE_BYTES = 819 * 4096
 CRIU_INSTALL_HINT = "run ./install.sh from the cmigrate source tree: it builds CRIU 4.2.1 or newer"
 
 

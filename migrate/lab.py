@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrate.errors import LabError, MigrationError
+from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES
 from transport.hosts import LocalHost
 
 LAB_ROOT = Path("/var/lib/cmigrate-lab")     # keys, configs, data-roots, logs
-LAZY_PIPE_BYTES = 819 * 4096   # CRIU 4.2's PIPE_MAX_SIZE pages, for its lazy page server's tee pipe
 RUN_ROOT = Path("/run/cmigrate-lab")         # exec-roots and sockets (kept short: unix socket paths <= 107)
 BRIDGE = "cmlab0"
 BRIDGE_ADDR = "198.18.0.1"
@@ -478,7 +478,7 @@ def _allow_lazy_page_pipes(say: Say) -> None:
     only CAP_SYS_RESOURCE may, and root on these build machines lacks it: post-copy then fails on its first
     page. The lab's hosts share this kernel: raise the limit to 4 MiB (it lasts until reboot)."""
     try:
-        if int(PIPE_MAX_SIZE.read_text()) < LAZY_PIPE_BYTES:
+        if int(PIPE_MAX_SIZE.read_text()) < CRIU_LAZY_PIPE_BYTES:
             PIPE_MAX_SIZE.write_text(str(1 << 22))
             say("raised fs.pipe-max-size to 4 MiB for CRIU's lazy page server (post-copy)")
     except (OSError, ValueError) as exc:
