@@ -37,6 +37,19 @@ def absent(d: RemoteDocker, name: str) -> bool:
     return d("inspect", name, check=False).status != 0
 
 
+def run_memhog(a: RemoteDocker, mib: int) -> str:
+    """memhog holding ``mib`` MiB and dirtying 10 MB/s, once it has verified its memory a first time."""
+    name = a.run_detached("busybox", "memhog", str(mib), "10")
+    a.wait_logs(name, lambda lines: "verified" in lines)
+    return name
+
+
+def assert_memory_intact(d: RemoteDocker, name: str) -> None:
+    """memhog checks every page once a second: after a move it must go on saying "verified", never "CORRUPT"."""
+    lines = d.wait_logs(name, lambda lines: lines.count("verified") >= 2, timeout=30)
+    assert "CORRUPT" not in lines
+
+
 def no_work_left() -> bool:
     return not any(any(r.iterdir()) for r in WORK_ROOTS if r.exists())
 
@@ -91,40 +104,33 @@ def test_files_deleted_file_and_named_volume_move(both):
 
 def test_256_mib_of_memory_moves_and_verifies_itself(both):
     a, b = both
-    name = a.run_detached("busybox", "memhog", "256", "10")
-    a.wait_logs(name, lambda lines: "verified" in lines)
+    name = run_memhog(a, 256)
     report = migrate.migrate(name, "hostA", "hostB")
     assert report.raw_bytes > 256 * 2**20
     assert running(b, name) and absent(a, name)
-    # memhog checks every page once a second; after the move it must go on saying "verified"
-    lines = b.wait_logs(name, lambda lines: lines.count("verified") >= 2, timeout=30)
-    assert "CORRUPT" not in lines
+    assert_memory_intact(b, name)
 
 
 def test_pages_go_straight_from_source_to_destination(both):
     """The default on the lab: hostA reaches hostB over its own SSH; CRIU's pages stream into the link."""
     a, b = both
-    name = a.run_detached("busybox", "memhog", "64", "10")
-    a.wait_logs(name, lambda lines: "verified" in lines)
+    name = run_memhog(a, 64)
     report = migrate.migrate(name, "hostA", "hostB")
     assert report.data_path == "direct" and report.pages_streamed and not report.warnings
     assert report.wire_bytes > 64 * 2**20
     assert running(b, name) and absent(a, name) and no_work_left()
-    lines = b.wait_logs(name, lambda lines: lines.count("verified") >= 2, timeout=30)
-    assert "CORRUPT" not in lines
+    assert_memory_intact(b, name)
 
 
 def test_relayed_data_path_moves_memory_intact(both):
     a, b = both
-    name = a.run_detached("busybox", "memhog", "64", "10")
-    a.wait_logs(name, lambda lines: "verified" in lines)
+    name = run_memhog(a, 64)
     res = cmigrate("--json", "--data-path", "relay", name, "hostA", "hostB")
     assert res.status == 0, res.err
     report = json.loads(res.out)
     assert report["data_path"] == "relay" and not report["pages_streamed"]
     assert running(b, name) and absent(a, name) and no_work_left()
-    lines = b.wait_logs(name, lambda lines: lines.count("verified") >= 2, timeout=30)
-    assert "CORRUPT" not in lines
+    assert_memory_intact(b, name)
 
 
 def _source_without_ssh_to_destination(tmp_path, monkeypatch) -> None:
@@ -251,8 +257,7 @@ def test_criu_missing_on_destination_is_refused(both, tmp_path, monkeypatch):
 
 def test_link_cut_during_transfer_rolls_back_to_the_source(both):
     a, b = both
-    name = a.run_detached("busybox", "memhog", "128", "10")
-    a.wait_logs(name, lambda lines: "verified" in lines)
+    name = run_memhog(a, 128)
     veth = lab.host("hostB").veth
     cut = threading.Event()
 
