@@ -227,8 +227,9 @@ def warm_memory(mib: int) -> None:
     The lab's two hosts share one kernel, and this machine is itself a VM whose hypervisor backs guest memory
     lazily and takes freed memory back: memory never touched (or returned) costs ~2.4 s per GiB on first touch,
     memory in use recently 0.4 s (measured here with a 1 GiB mmap); freed memory goes back to the hypervisor within
-    seconds (a 1 GiB stop-copy took 3.8 s with memory warmed just before, 6.3 s with memory warmed ~10 s before). A restore that needs fresh memory while the
-    source still holds its own would pay that, on real separate hosts not. Warming first makes every method's
+    seconds (a 1 GiB stop-copy took 3.8 s with memory warmed just before, 6.3 s with memory warmed ~10 s before).
+    A restore that needs fresh memory while the source still holds its own would pay that, on real separate hosts
+    not. Warming first makes every method's
     trial start from the same state. (In a child process: the CLI's peak RSS, measured by wait4, would otherwise
     inherit this process's.)"""
     subprocess.run([sys.executable, "-c", f"bytearray(b'\\1') * ({int(mib)} << 20)"], check=True)

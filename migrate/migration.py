@@ -83,8 +83,8 @@ class Report:
         lines.append(f"  bytes      {self.raw_bytes / mib:.1f} MiB raw, {self.wire_bytes / mib:.1f} MiB on the wire "
                      f"(ratio {self.ratio:.2f})")
         if self.postcopy_seconds is not None:
-            lines.append(f"  post-copy  every page on {self.destination} {self.postcopy_seconds * 1000:.0f} ms after it "
-                         f"started there (until then it depended on {self.source})")
+            lines.append(f"  post-copy  every page on {self.destination} {self.postcopy_seconds * 1000:.0f} ms "
+                         f"after it started there (until then it depended on {self.source})")
         if self.image_transferred:
             lines.append(f"  image      transferred ({self.image_wire_bytes / mib:.1f} MiB on the wire)")
         if self.kept_source:
