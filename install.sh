@@ -54,8 +54,13 @@ fi
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 criu_version() { "$criu_prefix/sbin/criu" --version 2>/dev/null | awk '/^Version:/ {print $2}'; }
 
+# CRIU probes the kernel on every run (~25 ms, two iptables runs among it) unless it finds the result cached in
+# its run directory, which it only trusts on a tmpfs (gone at reboot, like the kernel it describes). Ours is
+# $kdat_dir: a tmpfs of its own where /run is not one (as on this project's CI VM); stock Debian's /run is.
+kdat_dir=/run/criu
 have=$(criu_version || true)
-if [ -n "$have" ] && version_ge "$have" "$criu_min" && [ -f "$pycriu_home/pycriu/__init__.py" ]; then
+if [ -n "$have" ] && version_ge "$have" "$criu_min" && [ -f "$pycriu_home/pycriu/__init__.py" ] &&
+   grep -qa "$kdat_dir/criu.kdat" "$criu_prefix/sbin/criu"; then
     say "CRIU $have: already installed at $criu_prefix/sbin/criu"
 else
     say "building CRIU >= $criu_min from Debian's source (found: ${have:-none})"
@@ -84,7 +89,7 @@ else
     mkdir "criu-$ver"
     tar -xf "$orig" -C "criu-$ver" --strip-components=1
     cd "criu-$ver"
-    make -j"$(nproc)" criu >/dev/null
+    make -j"$(nproc)" RUNDIR="$kdat_dir" criu >/dev/null
     make lib >/dev/null
     install -D -m 0755 criu/criu "$criu_prefix/sbin/criu"
     rm -rf "$pycriu_home"
@@ -92,6 +97,12 @@ else
     cp -r lib/pycriu "$pycriu_home/pycriu"
     have=$(criu_version)
     say "CRIU $have installed at $criu_prefix/sbin/criu (source: Debian sid $orig, sha256 verified)"
+fi
+echo "d $kdat_dir 0700 root root -" > /etc/tmpfiles.d/cmigrate-criu.conf
+install -d -m 0700 "$kdat_dir"
+if [ "$(stat -f -c %T "$kdat_dir")" != tmpfs ]; then
+    mount -t tmpfs -o size=1m,mode=0700 cmigrate-criu-kdat "$kdat_dir"
+    say "CRIU's kernel-probe cache: a tmpfs at $kdat_dir (/run is not a tmpfs here)"
 fi
 
 # ---------------------------------------------------------------- virtualenv
