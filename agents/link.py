@@ -19,6 +19,7 @@ import secrets
 import select
 import shlex
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -281,6 +282,17 @@ class Pump:
             pass
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset: a peer blocked writing into a full buffer wakes up with an error (a FIN, or a
+    shutdown, would leave it waiting for room that never comes)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)   # wakes our own threads waiting on it, so that the close is the last
+    except OSError:
+        pass
+    sock.close()
+
+
 class PageRelay:
     """CRIU's dump sends its memory pages to a "page server": here a one-connection TCP listener on this host's
     loopback, spliced both ways into the data link, whose far end hands the stream to ``criu page-server`` on the
@@ -319,7 +331,7 @@ class PageRelay:
             _splice_all(sock.fileno(), self.link.proc.stdin.fileno(), self._count)
         except OSError as exc:   # the link broke: CRIU's next write must fail rather than wait forever
             self.error = exc
-            sock.shutdown(socket.SHUT_RDWR)
+            _reset(sock)
 
     def _count(self, n: int) -> None:
         self.sent += n
@@ -332,6 +344,9 @@ class PageRelay:
                 sock.sendall(data)
         except OSError:
             pass
+        # the link is gone: CRIU, waiting for the page server's answer or for room to write, must fail now
+        self.error = self.error or ConnectionError("the data link closed")
+        _reset(sock)
 
     def finish(self, ok: bool) -> None:
         """After the dump: all pages must have gone into the link (CRIU closed its connection)."""

@@ -100,6 +100,9 @@ def _serve(stdin, stdout, host_name: str) -> int:
             msg = framing.recv(stdin)
         except (EOFError, OSError):
             return 0
+        except SessionLost as exc:   # a migration's lease ran out (agents/migration.py dest_create)
+            print(f"cmigrate-agent: {exc.message}", file=sys.stderr)
+            return 3
         except framing.ProtocolError as exc:
             framing.send(stdout, error_message(exc))
             return 2

@@ -15,18 +15,20 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
 
+import docker.errors
 import zstandard
 
 from agents import link, rootfs
 from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                restore_from, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
-from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
-                            RollbackError, TransportError)
+from migrate.errors import (CheckpointError, DockerError, DumpAborted, MigrationError, PreflightError,
+                            RestoreError, RollbackError, TransportError)
 from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES, require_criu
 from transport import framing, streams
 
@@ -223,6 +225,9 @@ def source_dump(args: dict, ch) -> dict:
                 raise TransportError("no direct data link was opened for this migration")
             try:
                 page_bytes = _runc_freeze_dump(runc_root, cid, work, conn, _throttled(ch))
+            except MigrationError as exc:   # thawed already; the destination never got the files to restore
+                shutil.rmtree(work, ignore_errors=True)
+                raise DumpAborted(exc.message, container=name, detail=exc.detail, hint=exc.hint) from exc
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
@@ -260,8 +265,9 @@ def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.Co
 
 
 def _throttled(ch, every: float = 0.5):
-    """A byte counter that tells the CLI how much went, at most every ``every`` seconds (also its sign of life)."""
-    state = [time.monotonic(), 0]
+    """A byte counter that tells the CLI how much went: at once when the first bytes go, then at most every
+    ``every`` seconds (also its sign of life)."""
+    state = [0.0, 0]
 
     def count(n: int) -> None:
         state[1] += n
@@ -298,11 +304,15 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
             conn.close()
         raise
     if res.returncode != 0:
+        link_error = relay.error if relay is not None else None   # before our own close below sets one
         _runc(runc_root, "resume", cid)
         if conn is not None:   # the destination sees the stream end and gives up its half
             conn.close()
         log = scratch / "dump.log"
         first, excerpt = criu_says(log, res.stderr.strip() or "runc checkpoint failed")
+        if link_error is not None:
+            raise TransportError(f"the data link to the destination broke during the dump ({link_error}; CRIU "
+                                 f"says: {first})", detail=excerpt)
         raise CheckpointError(f"checkpoint failed, CRIU says: {first}",
                               detail=f"CRIU log {log}:\n{excerpt}" if excerpt else res.stderr.strip())
     shutil.rmtree(scratch, ignore_errors=True)
@@ -499,7 +509,13 @@ def source_resume(args: dict, ch) -> dict:
         lazy.stop()
     dk = Docker()
     try:
-        info = dk.inspect(cid)
+        try:
+            info = dk.inspect(cid)
+        except MigrationError as exc:
+            if not exc.message.startswith("no such container"):
+                raise
+            shutil.rmtree(work, ignore_errors=True)   # removed by someone meanwhile: nothing left to resume
+            return {"running": False, "gone": True}
         runc_root = dk.runc_root(info)
         if runc_state(runc_root, cid) == "paused" and not info["State"].get("Paused"):
             res = _runc(runc_root, "resume", cid)   # frozen by source.dump: thawing is the whole rollback
@@ -617,7 +633,7 @@ def dest_preflight(args: dict, ch) -> dict:
                 raise PreflightError(f"volume {vol} already exists", container=name,
                                      hint="remove it there, or migrate into a host without it")
         need = int(args.get("bytes_needed", 0))
-        for path in (dk.root_dir,):
+        for path in sorted({dk.root_dir, _existing(work_root())}):   # the images land in the work root
             st = os.statvfs(path)
             free = st.f_bavail * st.f_frsize
             if free < need:
@@ -679,7 +695,11 @@ def dest_create(args: dict, ch) -> dict:
         if not _workdir(args["migration_id"], "dst").is_dir():
             _workdir(args["migration_id"], "dst", create=True)
         _journal(_workdir(args["migration_id"], "dst"), role="destination", migration_id=args["migration_id"],
-                 container_id=cid, name=name, volumes=PENDING.volumes, state="created")
+                 container_id=cid, name=name, volumes=PENDING.volumes, state="created",
+                 source=args.get("source"))
+        # a lease: until the commit, silence from the CLI for io_timeout means it is gone (a cut link shows no
+        # end of the session for as long as TCP keeps retrying), and this agent then removes what it made
+        _watch_link(ch, args)
         info = dk.inspect(cid)
         mounts = {m["Destination"]: m["Source"] for m in info.get("Mounts", []) if m["Type"] == "volume"}
         return {"id": cid, "volume_sources": mounts}
@@ -713,8 +733,6 @@ def dest_receive(args: dict, ch) -> dict:
         reader.drain()
         raise TransportError(f"the transfer stream is corrupt: {exc}") from exc
     end = reader.drain()
-    if hasattr(ch.stdin, "timeout"):
-        ch.stdin.timeout = None
     if end.get("type") != "end":
         raise TransportError("the transfer was aborted by the sender")
     streams.verify(end.get("manifest") or {}, written)
@@ -726,7 +744,7 @@ def _receive_direct(listener: link.Listener, targets: dict[str, Path], args: dic
     reader = streams.FrameReader(conn)
     try:
         if args.get("pages"):
-            _page_server(conn, targets[IMAGES], cli)
+            _page_server(conn, targets[IMAGES], cli, args.get("io_timeout"))
         try:
             written = streams.receive_tree(reader, targets)
             end = reader.drain()
@@ -787,13 +805,21 @@ def dest_wait_pages(args: dict, ch) -> dict:
         log = _workdir(args["migration_id"], "dst") / "lazy" / "lazy-pages.log"
         first, excerpt = criu_says(log, err or f"exit status {proc.returncode}")
         # without its pages the container would go on with zeroed memory: it must not run a moment longer
-        dest_discard()
+        _discard_quietly()
         raise TransportError(f"the post-copy page transfer failed, CRIU says: {first}",
                              detail=excerpt or err)
     return {"seconds": time.monotonic() - PENDING.lazy_started}
 
 
-def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None:
+def _bytes_read(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+    except (OSError, StopIteration, ValueError):
+        return -1
+
+
+def _page_server(conn: link.SocketReader, images: Path, cli: int | None, timeout: float | None = None) -> None:
     """The first part of the stream is CRIU's page-server protocol: ``criu page-server`` reads it straight from
     the link's socket and writes the pages into the images; it stops at the dump's last message."""
     sock = conn.conn
@@ -804,13 +830,20 @@ def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None
                              "--log-file", log.name, "-v2", "--ps-socket", str(fd)],
                             pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     exited = os.pidfd_open(proc.pid)
+    read, last = -1, time.monotonic()
     try:
         while proc.poll() is None:
             # the CLI says nothing during a receive: its session ending (EOF) means it is gone
-            ready, _, _ = select.select([exited] + ([cli] if cli is not None else []), [], [])
+            ready, _, _ = select.select([exited] + ([cli] if cli is not None else []), [], [], 1.0)
             if cli in ready and not os.read(cli, 1):
                 from agents.main import SessionLost
                 raise SessionLost("the CLI went away while the pages were arriving")
+            # a link cut silently (no TCP reset) shows only as pages that stop coming
+            now_read = _bytes_read(proc.pid)
+            if now_read != read:
+                read, last = now_read, time.monotonic()
+            elif timeout and time.monotonic() - last > timeout:
+                raise TransportError(f"no memory pages arrived for {timeout:g} s: the data link is gone")
     finally:
         os.close(exited)
         if proc.poll() is None:
@@ -821,7 +854,7 @@ def _page_server(conn: link.SocketReader, images: Path, cli: int | None) -> None
     sock.settimeout(conn.timeout)
     if proc.returncode != 0:
         first, excerpt = criu_says(log, err.strip() or f"exit status {proc.returncode}")
-        raise TransportError(f"receiving the memory pages failed, CRIU's page server says: {first}",
+        raise RestoreError(f"receiving the memory pages failed, CRIU's page server says: {first}",
                              detail=excerpt)
 
 
@@ -853,7 +886,7 @@ def _watch_link(ch, args: dict) -> None:
 def _link_lost(exc: BaseException) -> bool:
     from agents.main import SessionLost
     if isinstance(exc, SessionLost):
-        dest_discard()
+        _discard_quietly()
         return True
     return False
 
@@ -874,6 +907,8 @@ def dest_commit(args: dict, ch) -> dict:
     journal stays (state committed), until the source has let go (``dest.forget``)."""
     work = _workdir(args["migration_id"], "dst")
     _journal(work, state="committed")
+    if hasattr(ch.stdin, "timeout"):
+        ch.stdin.timeout = None   # the lease ends: from here the container stays, whatever the CLI does
     for entry in work.iterdir():
         if entry.name != JOURNAL:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
@@ -936,6 +971,29 @@ def source_pending(args: dict, ch) -> list[dict]:
     return found
 
 
+def dest_pending(args: dict, ch) -> list[dict]:
+    """For recover: migrations this host was the destination of and committed, whose journal is still here
+    (the source let go, but the word never reached this host)."""
+    root = work_root()
+    journals = [_read_journal(w) for w in sorted(root.glob("*-dst"))] if root.is_dir() else []
+    return [j for j in journals if j and j.get("state") == "committed" and j.get("source")
+            and (not args.get("container") or args["container"] in (j.get("name"), j.get("container_id")))]
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _discard_quietly() -> None:
+    """Clean up on the way out of a failure: the failure is what gets reported."""
+    try:
+        dest_discard()
+    except MigrationError as exc:
+        print(f"cmigrate-agent: {exc.line()}", file=sys.stderr)
+
+
 def dest_discard(args: dict | None = None, ch=None) -> dict:
     """Remove what this migration made here: the container, volumes it created, received files."""
     removed = []
@@ -954,8 +1012,11 @@ def dest_discard(args: dict | None = None, ch=None) -> dict:
             try:
                 dk.api.remove_container(PENDING.container_id, force=True, v=True)
                 removed.append(PENDING.container_id)
-            except Exception:  # already gone
+            except docker.errors.NotFound:
                 pass
+            except Exception as exc:   # dockerd down, say: the container may still be there, even run
+                raise RollbackError(f"cannot remove the migration's container here: {exc}",
+                                    hint="once dockerd runs again: cmigrate recover <source host>") from exc
             for vol in PENDING.volumes:
                 try:
                     dk.api.remove_volume(vol, force=True)
@@ -980,7 +1041,7 @@ def on_session_end() -> None:
         PENDING.listener.close()
         PENDING.listener = None
     if not PENDING.committed:
-        dest_discard()
+        _discard_quietly()
 
 
 OPERATIONS = {
@@ -1006,4 +1067,5 @@ OPERATIONS = {
     "dest.status": dest_status,
     "dest.abandon": dest_abandon,
     "dest.discard": dest_discard,
+    "dest.pending": dest_pending,
 }

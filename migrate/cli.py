@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from migrate import __version__
-from migrate.errors import MigrationError, UsageError
+from migrate.errors import Interrupted, MigrationError, UsageError
 
 COMMANDS = ("lab", "checkpoint", "start", "bench", "recover")
 
@@ -329,7 +329,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"cmigrate: error: {exc.line()}", file=sys.stderr)
         if exc.detail:
             print("  " + exc.detail.replace("\n", "\n  "), file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return 2 if isinstance(exc, UsageError) else 130 if isinstance(exc, Interrupted) else 1
     except KeyboardInterrupt:
         print("cmigrate: interrupted", file=sys.stderr)
         return 130

@@ -75,12 +75,20 @@ class CheckpointError(MigrationError):
     """CRIU failed to dump the container."""
 
 
+class DumpAborted(CheckpointError):
+    """The dump failed on the source, which thawed the container: it runs there, and nothing was restored."""
+
+
 class RestoreError(MigrationError):
     """CRIU failed to restore the container."""
 
 
 class RollbackError(MigrationError):
     """An operation failed and the container could not be put back as it was."""
+
+
+class Interrupted(MigrationError):
+    """Ctrl-C (SIGINT) stopped the operation; the message says where that left the container."""
 
 
 class LabError(MigrationError):

@@ -463,6 +463,23 @@ def _start_dockerd(h: LabHost) -> None:
         raise LabError(f"cannot start {h.name}'s dockerd", detail=_log_tail(h.state / "dockerd.log"))
 
 
+def ensure_dockerd(name: str) -> None:
+    """Start a lab host's dockerd again if it died (the fault tests kill it), and wait until it answers."""
+    h = host(name)
+    if _docker_version(h) is not None:
+        return
+    pid = _read_pid(h.dockerd_pidfile)
+    if pid is not None:   # one shutting down: let it finish
+        _wait(lambda: not _pid_alive(pid), 30, f"{h.name}'s old dockerd to exit")
+        h.dockerd_pidfile.unlink(missing_ok=True)   # a killed dockerd leaves it, and the next refuses to start
+    # its containerd dies with it, but not at once; a new one would wait for the old one's database lock
+    config = str(h.exec_root / "containerd" / "containerd.toml")
+    _wait(lambda: _run(["pgrep", "-f", f"containerd --config {config}"], check=False).status != 0, 30,
+          f"{h.name}'s old containerd to exit")
+    _start_dockerd(h)
+    _wait(lambda: _docker_version(h) is not None, READY_TIMEOUT, f"{h.name}'s dockerd")
+
+
 def _log_tail(path: Path, lines: int = 5) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

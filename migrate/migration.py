@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from migrate.errors import MigrationError, PreflightError, RollbackError, TransportError, UsageError
+from migrate.errors import (DumpAborted, Interrupted, MigrationError, PreflightError, RollbackError, TransportError,
+                            UsageError)
+from migrate.faults import Injector
 from migrate.hosts import open_host
 from migrate.names import validate_container, validate_host
 from transport.agent import DEFAULT_AGENT, AgentSession
@@ -127,11 +128,10 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     return m.run()
 
 
-def _fault(point: str) -> None:
-    """Fault injection for the tests (CMIGRATE_FAULT=kill-cli@POINT): the CLI dies there, as if SIGKILLed by
-    the operator; ``cmigrate recover`` must then sort things out."""
-    if os.environ.get("CMIGRATE_FAULT") == f"kill-cli@{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MigrationError):
+        return exc.message
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
 
 
 class _Migration:
@@ -148,6 +148,8 @@ class _Migration:
         self.src_info: dict = {}
         self.dst_id: str | None = None
         self.dump: dict = {}
+        self.finished = False   # the source let go of the container
+        self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
 
     def phase(self, name: str, t0: float) -> None:
         self.report.phases[name] = time.monotonic() - t0
@@ -161,9 +163,14 @@ class _Migration:
     def run(self) -> Report:
         try:
             self._run()
+            if self.fault.plan:
+                self.report.warnings.append("CMIGRATE_FAULT: never reached " + ", ".join(
+                    f"{action}@{point}" for point, action in self.fault.plan.items()))
             return self.report
         except BaseException as exc:
             self._rollback(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(self._interrupted(), container=self.container) from exc
             raise
         finally:
             for session in (self.src, self.dst):
@@ -183,6 +190,11 @@ class _Migration:
         for f in opening:
             if f.exception():
                 raise f.exception()
+        for session in (self.src, self.dst):   # no call may wait forever on a link that died silently
+            session.set_timeout(self.io_timeout)
+        self.fault.context = {"CMIGRATE_MIGRATION_ID": self.id,
+                              "CMIGRATE_SRC_AGENT_PID": str(self.src.remote.get("pid", "")),
+                              "CMIGRATE_DST_AGENT_PID": str(self.dst.remote.get("pid", ""))}
         info = self.src_info = self.src.call("source.inspect", container=self.container)
         r.memory_bytes = info["memory_bytes"]
         # room for the images, the writable layer, the volumes and (maybe) the image, with a margin
@@ -220,7 +232,7 @@ class _Migration:
         connecting = self.data_path != "relay" and self._start_link()
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
-                                migration_id=self.id)
+                                migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name)
         self.dst_id = r.destination_id = created["id"]
         volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
         if connecting:
@@ -241,6 +253,7 @@ class _Migration:
         r.pages_streamed = (direct and not self.keep_source and r.mode == "stop-copy"
                             and {"always": True, "never": False}.get(self.stream_pages,
                                                                       info["memory_bytes"] >= STREAM_PAGES_FROM))
+        self.fault("prepared")
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
@@ -258,20 +271,27 @@ class _Migration:
             self._wait_pages()
             self.state = "restored"
 
-        _fault("restored")
+        self.fault("restored")
         # ---- commit point: the destination keeps the container; the source lets go of it
         self.dst.call("dest.commit", migration_id=self.id)
         self.state = "committed"
-        _fault("committed")
+        self.fault("committed")
         t = time.monotonic()
         try:
-            fin = self.src.call("source.finish", container_id=info["id"], migration_id=self.id,
-                                keep=self.keep_source)
+            fin = self._on_source("source.finish", container_id=info["id"], migration_id=self.id,
+                                  keep=self.keep_source)
+            self.finished = True
             r.kept_source, r.source_checkpoint = fin["kept"], fin.get("checkpoint")
-            self.dst.call("dest.forget", migration_id=self.id)
         except MigrationError as exc:
             r.warnings.append(f"the container runs on {self.dst_name}, but its stopped copy on {self.src_name} "
-                              f"could not be cleaned up: {exc.line()}")
+                              f"could not be cleaned up: {exc.line()}; run: cmigrate recover {self.src_name} "
+                              f"{self.container}")
+        else:
+            try:
+                self._on_dest("dest.forget", migration_id=self.id)
+            except MigrationError as exc:
+                r.warnings.append(f"the migration is complete, but {self.dst_name} still keeps its journal "
+                                  f"({exc.line()}); run: cmigrate recover {self.dst_name} {self.container}")
         self.phase("finish", t)
         for role, session in (("source", self.src), ("destination", self.dst)):
             try:
@@ -339,7 +359,7 @@ class _Migration:
                                          destination=self.dst_name)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
-        _fault("frozen")
+        self.fault("frozen")
         t = time.monotonic()
         self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
                    sum(v["bytes"] for v in info["volumes"])})
@@ -347,8 +367,8 @@ class _Migration:
         self.dst.set_timeout(self.io_timeout)
         sent, _ = self.src.relay("source.send", self.dst, "dest.receive", receive_args,
                                  self._bytes("checkpoint"), **send_args)
-        self.src.set_timeout(None)
-        self.dst.set_timeout(None)
+        self.src.set_timeout(self.io_timeout)
+        self.dst.set_timeout(self.io_timeout)
         self.emit({"event": "transfer-done", "what": "checkpoint"})
         self.phase("transfer", t)
         t = time.monotonic()
@@ -372,13 +392,21 @@ class _Migration:
                                              destination=self.dst_name,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
+        except DumpAborted as exc:
+            self.state = "prepared"   # the source thawed it; the destination cannot have restored anything
+            cause = self._collect_dest()
+            if cause is not None and not isinstance(cause, TransportError):   # e.g. its disk full: say that
+                raise DumpAborted(f"{cause.message} (on {self.dst_name}: the dump on {self.src_name} stopped)",
+                                  host=self.dst_name, container=self.container, detail=cause.detail,
+                                  hint=cause.hint) from exc
+            raise
         except MigrationError:
             self._collect_dest()
             raise
         finally:
-            self.src.set_timeout(None)
+            self.src.set_timeout(self.io_timeout)
         r.frozen_dump = dump["dump_seconds"]
-        _fault("frozen")
+        self.fault("frozen")
         sent = dump["sent"]
         r.phases["dump"] = time.monotonic() - t - sent["seconds"]
         r.phases["transfer"] = sent["seconds"]
@@ -393,7 +421,7 @@ class _Migration:
             self.dst.sever()
             raise
         finally:
-            self.dst.set_timeout(None)
+            self.dst.set_timeout(self.io_timeout)
         self.phase("restore", t)
         return sent
 
@@ -404,55 +432,129 @@ class _Migration:
         self.emit({"event": "phase", "phase": "pages"})
         on_bytes = self._bytes("pages")
         self.src.start("source.wait_pages", migration_id=self.id)
+        self.dst.set_timeout(None)   # silent until the last page, however long that takes
         try:
             self.dst.call("dest.wait_pages", migration_id=self.id)
         finally:
+            self.dst.set_timeout(self.io_timeout)
             done = self.src.wait(progress=lambda m: on_bytes(m.get("bytes", 0)))
         self.report.postcopy_seconds = time.monotonic() - t
         self.report.wire_bytes += done.get("page_bytes", 0)
         self.report.raw_bytes += done.get("page_bytes", 0)
         self.phase("pages", t)
 
-    def _collect_dest(self) -> None:
-        """The source failed mid-stream: the destination sees its stream end and answers (an error); if its link
-        is gone too, stop waiting for it (it cleans up by itself)."""
+    def _collect_dest(self) -> MigrationError | None:
+        """The source failed mid-stream: the destination sees its stream end and answers (an error, returned);
+        if its link is gone too, stop waiting for it (it cleans up by itself)."""
         self.dst.set_timeout(self.io_timeout)
         try:
             self.dst.wait()
-        except MigrationError:
+        except TransportError as exc:
             self.dst.sever()
+            return exc
+        except MigrationError as exc:
+            return exc
+        return None
 
     def _bytes(self, what: str):
-        return lambda n: self.emit({"event": "bytes", "what": what, "bytes": n})
+        def on_bytes(n: int) -> None:
+            if what == "checkpoint" and n:
+                self.fault("transfer")
+            self.emit({"event": "bytes", "what": what, "bytes": n})
+        return on_bytes
 
     def _rollback(self, exc: BaseException) -> None:
-        if self.state in ("init", "committed"):
+        """Undo what the migration did, through the sessions it had or, where one died with its agent, a fresh
+        one. The source is thawed only once the destination is known to hold no running copy: otherwise it stays
+        frozen (with its journal) for ``cmigrate recover``, because running it could make it run twice."""
+        if self.state == "init":
             return
-        problems = []
-        if self.dst is not None and self.state in ("prepared", "frozen", "pages"):
-            try:
-                self.dst.call("dest.discard")
-            except MigrationError as e:
-                # the destination agent removes its provisional container by itself when its session ends
-                problems.append(f"{self.dst_name}: {e.message}")
-        if self.state == "pages" and problems:
-            # it ran on DST and may still: resuming the frozen original too could run it twice
+        if self.state == "committed":
+            self._finish_after_interrupt(exc)
+            return
+        dst_clean = self._discard_destination() if self.dst is not None else True
+        if isinstance(exc, DumpAborted):
+            exc.hint = (exc.hint + "; " if exc.hint else "") + f"{self.container} runs on {self.src_name} again"
+        if self.state not in ("frozen", "pages", "restored") or self.src is None:
+            return
+        if not dst_clean:
+            what = "post-copy failed" if self.state == "pages" else "migration failed"
             raise RollbackError(
-                f"post-copy failed ({exc}); {self.container} is stopped on {self.dst_name} only if that host's "
-                f"agent could act, so the frozen original on {self.src_name} was not resumed",
+                f"{what} ({_one_line(exc)}) and {self.dst_name} could not be told to drop its copy, so "
+                f"{self.container} stays frozen on {self.src_name} (thawing it could make it run twice)",
                 host=self.dst_name, container=self.container,
-                hint=f"once {self.dst_name} is reachable and the container is gone there, thaw it on "
-                     f"{self.src_name} with: runc --root <Docker's runc root> resume <id>") from exc
-        if self.state in ("frozen", "pages") and self.src is not None:
-            try:
-                self.src.set_timeout(None)
-                self.src.call("source.resume", container_id=self.src_info["id"], migration_id=self.id,
-                              restart_policy=self.dump.get("restart_policy"))
-                if isinstance(exc, MigrationError):
-                    exc.hint = (exc.hint + "; " if exc.hint else "") + \
-                        f"rolled back: {self.container} runs on {self.src_name} again"
-            except MigrationError as e:
-                raise RollbackError(
-                    f"migration failed ({exc}) and {self.container} could not be resumed on {self.src_name}: "
-                    f"{e.message}", host=self.src_name, container=self.container,
-                    hint="its checkpoint is kept there; run 'cmigrate recover' once the host is reachable") from exc
+                hint=f"once {self.dst_name} is reachable: cmigrate recover {self.src_name} {self.container}") from exc
+        try:
+            self._on_source("source.resume", container_id=self.src_info["id"], migration_id=self.id,
+                            restart_policy=self.dump.get("restart_policy"))
+        except MigrationError as e:
+            raise RollbackError(
+                f"migration failed ({_one_line(exc)}) and {self.container} could not be resumed on {self.src_name}: "
+                f"{e.message}", host=self.src_name, container=self.container,
+                hint=f"it is kept frozen there with its checkpoint; once the host is reachable: cmigrate recover "
+                     f"{self.src_name} {self.container}") from exc
+        if isinstance(exc, MigrationError):
+            exc.hint = (exc.hint + "; " if exc.hint else "") + \
+                f"rolled back: {self.container} runs on {self.src_name} again"
+
+    def _interrupted(self) -> str:
+        c, src, dst = self.container, self.src_name, self.dst_name
+        if self.state == "committed":
+            return f"interrupted after the commit point: {c} runs on {dst}, its copy on {src} was removed"
+        if self.state in ("frozen", "pages", "restored"):
+            return f"interrupted: rolled back, {c} runs on {src} again and {dst} kept nothing of it"
+        return f"interrupted before the freeze: {c} runs on {src}, untouched"
+
+    def _discard_destination(self) -> bool:
+        """Remove what the destination made: through our session, else a fresh agent that finds the migration
+        by its journal there. False if neither could."""
+        try:
+            self.dst.set_timeout(self.io_timeout)
+            self.dst.call("dest.discard")
+            return True
+        except MigrationError:
+            pass
+        try:
+            self._fresh(self.dst_name, "dest.abandon", migration_id=self.id)
+            return True
+        except MigrationError:
+            # before the freeze nothing on the destination can run; its agent removes the rest when it notices
+            return self.state == "prepared"
+
+    def _on_source(self, op: str, **args) -> dict:
+        """A call to the source agent; through a fresh session if ours is gone (its agent killed, say)."""
+        try:
+            self.src.set_timeout(self.io_timeout)
+            return self.src.call(op, **args)
+        except TransportError:
+            return self._fresh(self.src_name, op, **args)
+
+    def _on_dest(self, op: str, **args) -> dict:
+        try:
+            self.dst.set_timeout(self.io_timeout)
+            return self.dst.call(op, **args)
+        except TransportError:
+            return self._fresh(self.dst_name, op, **args)
+
+    def _fresh(self, host_name: str, op: str, **args) -> dict:
+        host = open_host(host_name, self.ssh_config)
+        try:
+            with AgentSession(host, self.agent) as session:
+                session.set_timeout(self.io_timeout)
+                return session.call(op, **args)
+        finally:
+            host.close()
+
+    def _finish_after_interrupt(self, exc: BaseException) -> None:
+        """Past the commit point the destination owns the container: an interruption (Ctrl-C, a lost source
+        agent) finishes the migration rather than leave the frozen source copy behind."""
+        try:
+            if not self.finished:
+                self._on_source("source.finish", container_id=self.src_info["id"], migration_id=self.id,
+                                keep=self.keep_source)
+            self._on_dest("dest.forget", migration_id=self.id)
+        except MigrationError as e:
+            raise RollbackError(
+                f"{self.container} runs on {self.dst_name}, but its frozen copy on {self.src_name} could not be "
+                f"removed ({e.message})", host=self.src_name, container=self.container,
+                hint=f"cmigrate recover {self.src_name} {self.container}") from exc

@@ -71,8 +71,10 @@ class AgentSession:
             return AgentError(f"the agent exited before it answered (exit status {status}): {err or exc}",
                               host=self.host.name, status=status, detail=err,
                               hint="install the same cmigrate version on every host (./install.sh)")
-        return TransportError(f"lost the connection to the agent: {exc or type(exc).__name__}",
-                              host=self.host.name, status=status, detail=err)
+        reason = str(exc) or ("no answer within the I/O timeout (--io-timeout)" if isinstance(exc, TimeoutError)
+                              else type(exc).__name__)
+        return TransportError(f"lost the connection to the agent: {reason}", host=self.host.name, status=status,
+                              detail=err)
 
     def _recv(self) -> dict:
         try:
