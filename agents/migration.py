@@ -224,7 +224,8 @@ def source_dump(args: dict, ch) -> dict:
             if args.get("page_link") and conn is None:
                 raise TransportError("no direct data link was opened for this migration")
             try:
-                page_bytes = _runc_freeze_dump(runc_root, cid, work, conn, _throttled(ch))
+                page_bytes = _runc_freeze_dump(runc_root, cid, work, conn, _throttled(ch),
+                                               args.get("destination") or "the destination")
             except MigrationError as exc:   # thawed already; the destination never got the files to restore
                 shutil.rmtree(work, ignore_errors=True)
                 raise DumpAborted(exc.message, container=name, detail=exc.detail, hint=exc.hint) from exc
@@ -277,7 +278,8 @@ def _throttled(ch, every: float = 0.5):
     return count
 
 
-def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, on_bytes=None) -> int:
+def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, on_bytes=None,
+                      peer: str = "the destination") -> int:
     """Freeze with runc and dump with ``--leave-running``: CRIU finds the cgroup frozen and leaves it so (no
     100 ms freezer polling either). Docker's checkpoint would copy the images through containerd's content
     store twice, seconds per 100 MB, all of it frozen time. On failure the container is thawed and runs on."""
@@ -311,8 +313,8 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
         log = scratch / "dump.log"
         first, excerpt = criu_says(log, res.stderr.strip() or "runc checkpoint failed")
         if link_error is not None:
-            raise TransportError(f"the data link to the destination broke during the dump ({link_error}; CRIU "
-                                 f"says: {first})", detail=excerpt)
+            raise TransportError(f"the data link to {peer} broke during the dump ({link_error}; CRIU says: "
+                                 f"{first})", detail=excerpt)
         raise CheckpointError(f"checkpoint failed, CRIU says: {first}",
                               detail=f"CRIU log {log}:\n{excerpt}" if excerpt else res.stderr.strip())
     shutil.rmtree(scratch, ignore_errors=True)
