@@ -961,25 +961,22 @@ def source_recover_lock(args: dict, ch) -> dict:
     return {"locked": True}
 
 
+def _journals(role: str, container: str | None) -> list[dict]:
+    """The journals of this host's migrations in ``role`` (src, dst), of ``container`` (name or id) if given."""
+    root = work_root()
+    journals = [_read_journal(w) for w in sorted(root.glob(f"*-{role}"))] if root.is_dir() else []
+    return [j for j in journals if j and (not container or container in (j.get("name"), j.get("container_id")))]
+
+
 def source_pending(args: dict, ch) -> list[dict]:
     """For recover: the migrations this host was the source of and that did not end (their journals)."""
-    root = work_root()
-    found = []
-    for work in sorted(root.glob("*-src")) if root.is_dir() else []:
-        journal = _read_journal(work)
-        if journal and (not args.get("container") or args["container"] in (journal.get("name"),
-                                                                             journal.get("container_id"))):
-            found.append(journal)
-    return found
+    return _journals("src", args.get("container"))
 
 
 def dest_pending(args: dict, ch) -> list[dict]:
     """For recover: migrations this host was the destination of and committed, whose journal is still here
     (the source let go, but the word never reached this host)."""
-    root = work_root()
-    journals = [_read_journal(w) for w in sorted(root.glob("*-dst"))] if root.is_dir() else []
-    return [j for j in journals if j and j.get("state") == "committed" and j.get("source")
-            and (not args.get("container") or args["container"] in (j.get("name"), j.get("container_id")))]
+    return [j for j in _journals("dst", args.get("container")) if j.get("state") == "committed" and j.get("source")]
 
 
 def _existing(path: Path) -> Path:

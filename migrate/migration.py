@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from migrate.errors import (DumpAborted, Interrupted, MigrationError, PreflightError, RollbackError, TransportError,
                             UsageError)
 from migrate.faults import Injector
-from migrate.hosts import open_host
+from migrate.hosts import agent as agent_on, open_host
 from migrate.names import validate_container, validate_host
 from transport.agent import DEFAULT_AGENT, AgentSession
 
@@ -190,7 +190,9 @@ class _Migration:
         for f in opening:
             if f.exception():
                 raise f.exception()
-        for session in (self.src, self.dst):   # no call may wait forever on a link that died silently
+        # no call may wait forever on a link that died silently (agents report progress at least twice a second
+        # during long calls); only post-copy's wait for the last page lifts this
+        for session in (self.src, self.dst):
             session.set_timeout(self.io_timeout)
         self.fault.context = {"CMIGRATE_MIGRATION_ID": self.id,
                               "CMIGRATE_SRC_AGENT_PID": str(self.src.remote.get("pid", "")),
@@ -218,8 +220,6 @@ class _Migration:
             t = time.monotonic()
             ref = info["image_name"] if not info["image_name"].startswith("sha256:") else info["image_id"]
             self.emit({"event": "transfer", "what": "image", "total": info["image_bytes"]})
-            self.src.set_timeout(self.io_timeout)
-            self.dst.set_timeout(self.io_timeout)
             sent, _ = self.src.relay("source.send_image", self.dst, "dest.receive_image",
                                      {"image_id": info["image_id"]}, self._bytes("image"), image=ref,
                                      level=self.level, threads=self.threads)
@@ -278,8 +278,8 @@ class _Migration:
         self.fault("committed")
         t = time.monotonic()
         try:
-            fin = self._on_source("source.finish", container_id=info["id"], migration_id=self.id,
-                                  keep=self.keep_source)
+            fin = self._on(self.src, self.src_name, "source.finish", container_id=info["id"],
+                           migration_id=self.id, keep=self.keep_source)
             self.finished = True
             r.kept_source, r.source_checkpoint = fin["kept"], fin.get("checkpoint")
         except MigrationError as exc:
@@ -288,7 +288,7 @@ class _Migration:
                               f"{self.container}")
         else:
             try:
-                self._on_dest("dest.forget", migration_id=self.id)
+                self._on(self.dst, self.dst_name, "dest.forget", migration_id=self.id)
             except MigrationError as exc:
                 r.warnings.append(f"the migration is complete, but {self.dst_name} still keeps its journal "
                                   f"({exc.line()}); run: cmigrate recover {self.dst_name} {self.container}")
@@ -363,12 +363,8 @@ class _Migration:
         t = time.monotonic()
         self.emit({"event": "transfer", "what": "checkpoint", "total": dump["images_bytes"] +
                    sum(v["bytes"] for v in info["volumes"])})
-        self.src.set_timeout(self.io_timeout)
-        self.dst.set_timeout(self.io_timeout)
         sent, _ = self.src.relay("source.send", self.dst, "dest.receive", receive_args,
                                  self._bytes("checkpoint"), **send_args)
-        self.src.set_timeout(self.io_timeout)
-        self.dst.set_timeout(self.io_timeout)
         self.emit({"event": "transfer-done", "what": "checkpoint"})
         self.phase("transfer", t)
         t = time.monotonic()
@@ -387,7 +383,6 @@ class _Migration:
                        **receive_args)
         on_bytes = self._bytes("checkpoint")
         try:
-            self.src.set_timeout(self.io_timeout)   # the source reports progress at least twice a second
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                              destination=self.dst_name,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
@@ -403,8 +398,6 @@ class _Migration:
         except MigrationError:
             self._collect_dest()
             raise
-        finally:
-            self.src.set_timeout(self.io_timeout)
         r.frozen_dump = dump["dump_seconds"]
         self.fault("frozen")
         sent = dump["sent"]
@@ -414,14 +407,11 @@ class _Migration:
         t = time.monotonic()
         self.emit({"event": "phase", "phase": "restore"})
         # everything has arrived: the destination checks it against the manifest, restores and answers
-        self.dst.set_timeout(self.io_timeout)
         try:
             self.dst.wait()
         except TransportError:
             self.dst.sever()
             raise
-        finally:
-            self.dst.set_timeout(self.io_timeout)
         self.phase("restore", t)
         return sent
 
@@ -446,7 +436,6 @@ class _Migration:
     def _collect_dest(self) -> MigrationError | None:
         """The source failed mid-stream: the destination sees its stream end and answers (an error, returned);
         if its link is gone too, stop waiting for it (it cleans up by itself)."""
-        self.dst.set_timeout(self.io_timeout)
         try:
             self.dst.wait()
         except TransportError as exc:
@@ -485,8 +474,8 @@ class _Migration:
                 host=self.dst_name, container=self.container,
                 hint=f"once {self.dst_name} is reachable: cmigrate recover {self.src_name} {self.container}") from exc
         try:
-            self._on_source("source.resume", container_id=self.src_info["id"], migration_id=self.id,
-                            restart_policy=self.dump.get("restart_policy"))
+            self._on(self.src, self.src_name, "source.resume", container_id=self.src_info["id"],
+                     migration_id=self.id, restart_policy=self.dump.get("restart_policy"))
         except MigrationError as e:
             raise RollbackError(
                 f"migration failed ({_one_line(exc)}) and {self.container} could not be resumed on {self.src_name}: "
@@ -509,7 +498,6 @@ class _Migration:
         """Remove what the destination made: through our session, else a fresh agent that finds the migration
         by its journal there. False if neither could."""
         try:
-            self.dst.set_timeout(self.io_timeout)
             self.dst.call("dest.discard")
             return True
         except MigrationError:
@@ -521,38 +509,27 @@ class _Migration:
             # before the freeze nothing on the destination can run; its agent removes the rest when it notices
             return self.state == "prepared"
 
-    def _on_source(self, op: str, **args) -> dict:
-        """A call to the source agent; through a fresh session if ours is gone (its agent killed, say)."""
+    def _on(self, session: AgentSession, host_name: str, op: str, **args) -> dict:
+        """A call through our session to ``host_name``; through a fresh one if ours is gone (its agent killed,
+        say)."""
         try:
-            self.src.set_timeout(self.io_timeout)
-            return self.src.call(op, **args)
+            return session.call(op, **args)
         except TransportError:
-            return self._fresh(self.src_name, op, **args)
-
-    def _on_dest(self, op: str, **args) -> dict:
-        try:
-            self.dst.set_timeout(self.io_timeout)
-            return self.dst.call(op, **args)
-        except TransportError:
-            return self._fresh(self.dst_name, op, **args)
+            return self._fresh(host_name, op, **args)
 
     def _fresh(self, host_name: str, op: str, **args) -> dict:
-        host = open_host(host_name, self.ssh_config)
-        try:
-            with AgentSession(host, self.agent) as session:
-                session.set_timeout(self.io_timeout)
-                return session.call(op, **args)
-        finally:
-            host.close()
+        with agent_on(host_name, self.ssh_config, self.agent) as session:
+            session.set_timeout(self.io_timeout)
+            return session.call(op, **args)
 
     def _finish_after_interrupt(self, exc: BaseException) -> None:
         """Past the commit point the destination owns the container: an interruption (Ctrl-C, a lost source
         agent) finishes the migration rather than leave the frozen source copy behind."""
         try:
             if not self.finished:
-                self._on_source("source.finish", container_id=self.src_info["id"], migration_id=self.id,
-                                keep=self.keep_source)
-            self._on_dest("dest.forget", migration_id=self.id)
+                self._on(self.src, self.src_name, "source.finish", container_id=self.src_info["id"],
+                         migration_id=self.id, keep=self.keep_source)
+            self._on(self.dst, self.dst_name, "dest.forget", migration_id=self.id)
         except MigrationError as e:
             raise RollbackError(
                 f"{self.container} runs on {self.dst_name}, but its frozen copy on {self.src_name} could not be "

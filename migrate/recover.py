@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from migrate.errors import MigrationError
-from migrate.hosts import open_host
+from migrate.hosts import agent as agent_on, open_host
 from migrate.names import validate_host
 from transport.agent import AgentSession
 
@@ -34,16 +34,11 @@ class Outcome:
 def recover(host: str, container: str | None = None, *, ssh_config: str | None = None,
             agent: str | None = None) -> list[Outcome]:
     validate_host(host)
-    src_host = open_host(host, ssh_config)
-    try:
-        with AgentSession(src_host, agent) as here:
-            outcomes = [_one(here, host, journal, ssh_config, agent)
-                        for journal in here.call("source.pending", container=container)]
-            outcomes += [_committed_here(here, host, journal, ssh_config, agent)
-                         for journal in here.call("dest.pending", container=container)]
-            return outcomes
-    finally:
-        src_host.close()
+    with agent_on(host, ssh_config, agent) as here:
+        outcomes = [_one(here, host, journal, ssh_config, agent)
+                    for journal in here.call("source.pending", container=container)]
+        return outcomes + [_committed_here(here, host, journal, ssh_config, agent)
+                           for journal in here.call("dest.pending", container=container)]
 
 
 def _committed_here(here: AgentSession, host: str, journal: dict, ssh_config, agent) -> Outcome:
