@@ -225,6 +225,12 @@ def _link_or_copy(src, dst) -> None:
 RESTORE_MAPS = Path("/run/cmigrate/restore")
 
 
+def restore_map_files(cid: str) -> tuple[Path, Path, Path]:
+    """What a restore of container ``cid`` tells the cmigrate-runc wrapper: the images' directory, CRIU's
+    options for that restore, the lazy-pages daemon's directory (post-copy)."""
+    return RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy"
+
+
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
     """``docker start --checkpoint`` from any directory.
 
@@ -237,9 +243,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
     temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
-    mapping = RESTORE_MAPS / info["Id"]
-    conf = RESTORE_MAPS / f"{info['Id']}.conf"
-    lazy = RESTORE_MAPS / f"{info['Id']}.lazy"
+    mapping, conf, lazy = restore_map_files(info["Id"])
     if lazy_dir is not None and not fast:
         raise RestoreError("a post-copy restore needs the cmigrate-runc runtime on this host",
                            hint="register it with dockerd (see README)")
@@ -256,9 +260,8 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
         (temp / "cmigrate-nonce").write_text(temp_name)
         dk.start_from_checkpoint(info["Id"], temp_name)
     finally:
-        mapping.unlink(missing_ok=True)
-        conf.unlink(missing_ok=True)
-        lazy.unlink(missing_ok=True)
+        for f in (mapping, conf, lazy):
+            f.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         _remove_containerd_copy(temp_name)
 

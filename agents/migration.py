@@ -25,7 +25,7 @@ import zstandard
 
 from agents import link, rootfs
 from agents.checkpoint import (META_DIR, _criu_failure, _lock_down, _resume_after_failure, dir_size,
-                               restore_from, this_host)
+                               restore_from, restore_map_files, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
 from migrate.errors import (CheckpointError, DockerError, DumpAborted, MigrationError, PreflightError,
                             RestoreError, RollbackError, TransportError)
@@ -1023,6 +1023,9 @@ def dest_discard(args: dict | None = None, ch=None) -> dict:
                     pass
         finally:
             dk.close()
+        # an agent killed in the middle of the restore could not remove these itself
+        for f in restore_map_files(PENDING.container_id):
+            f.unlink(missing_ok=True)
     if PENDING.migration_id:
         shutil.rmtree(_workdir(PENDING.migration_id, "dst"), ignore_errors=True)
     PENDING.container_id = PENDING.migration_id = None
