@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -225,10 +228,12 @@ def _link_or_copy(src, dst) -> None:
 RESTORE_MAPS = Path("/run/cmigrate/restore")
 
 
-def restore_map_files(cid: str) -> tuple[Path, Path, Path]:
+def restore_map_files(cid: str) -> tuple[Path, Path, Path, Path]:
     """What a restore of container ``cid`` tells the cmigrate-runc wrapper: the images' directory, CRIU's
-    options for that restore, the lazy-pages daemon's directory (post-copy)."""
-    return RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy"
+    options for that restore, the lazy-pages daemon's directory (post-copy); and for a restore begun before its
+    images arrived, the gate (a socket: "go" from the destination agent lets runc restore)."""
+    return (RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
+            RESTORE_MAPS / f"{cid}.gate")
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
@@ -243,7 +248,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
     temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
-    mapping, conf, lazy = restore_map_files(info["Id"])
+    mapping, conf, lazy, _ = restore_map_files(info["Id"])
     if lazy_dir is not None and not fast:
         raise RestoreError("a post-copy restore needs the cmigrate-runc runtime on this host",
                            hint="register it with dockerd (see README)")
@@ -295,8 +300,94 @@ def restore_from(dk: Docker, info: dict, images: Path, lazy_dir: Path | None = N
         raise
     if replaced:
         replaced.commit()
+    _check_running(dk, info)
+
+
+def _check_running(dk: Docker, info: dict) -> None:
+    name = info["Name"].lstrip("/")
     if not dk.inspect(info["Id"])["State"].get("Running"):
         raise RestoreError(f"container {name} stopped right after its restore", container=name)
+
+
+class GatedRestore:
+    """A restore begun before its images have arrived, so that Docker's own path to ``runc restore`` (rootfs mount,
+    network endpoint, containerd task and shim: ~60 ms here) overlaps the dump and the transfer instead of adding
+    to the downtime. ``docker start --checkpoint`` runs in a thread; the cmigrate-runc wrapper stops before runc
+    and connects to this agent's gate socket; ``release()`` puts the writable layer in (through the mounted
+    overlay: Docker mounted it) and says "go". Fail-safe: when this agent dies or ``cancel()`` closes the gate,
+    the wrapper reads end-of-file (or cannot connect) and refuses the restore: nothing runs from images that were
+    not verified, and nothing waits forever."""
+
+    def __init__(self, info: dict, images: Path) -> None:
+        if (info["HostConfig"].get("Runtime") or "") != FAST_RUNTIME:
+            raise RestoreError("a gated restore needs the cmigrate-runc runtime")
+        rootfs.upper_dir(info)   # overlay2 only, as for any restore of ours
+        self.info, self.images, self.error = info, images, None
+        self.merged = Path(info["GraphDriver"]["Data"]["MergedDir"])
+        self.path = restore_map_files(info["Id"])[3]
+        RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(self.path))
+        self.sock.listen(1)
+        self.thread = threading.Thread(target=self._start, name="gated-restore", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        dk = Docker(timeout=None)   # it waits at the gate for as long as the dump and the transfer take
+        try:
+            _start_from(dk, self.info, self.images)
+        except BaseException as exc:   # reported by release()
+            self.error = exc
+        finally:
+            dk.close()
+
+    def release(self, timeout: float = 60.0) -> None:
+        """The images are complete and verified: wait for Docker to reach the gate, put the writable layer in,
+        let runc restore, and wait for the container to run."""
+        conn = None
+        deadline = time.monotonic() + timeout
+        while conn is None and self.thread.is_alive():
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise RestoreError(f"Docker did not reach the restore within {timeout:.0f} s")
+            if select.select([self.sock], [], [], 0.05)[0]:
+                conn, _ = self.sock.accept()
+        try:
+            if conn is not None:
+                layer = self.images / META_DIR / "rootfs.tar"
+                if layer.exists():
+                    rootfs.apply_to_mounted(self.merged, layer)
+                conn.sendall(b"go\n")
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            if conn is not None:
+                conn.close()
+        self.thread.join()
+        self._close()
+        exc = self.error
+        if isinstance(exc, DockerError):
+            raise _criu_failure(RestoreError, "restore", exc, self.info["Name"].lstrip("/")) from exc
+        if exc is not None:
+            raise exc
+        dk = Docker()
+        try:
+            _check_running(dk, self.info)
+        finally:
+            dk.close()
+
+    def cancel(self) -> None:
+        """Refuse the restore (the wrapper sees the gate closed) and wait for Docker to give up."""
+        self._close()
+        self.thread.join(30)
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            self.path.unlink(missing_ok=True)
 
 
 def restore(args: dict, ch) -> dict:

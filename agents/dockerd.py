@@ -15,7 +15,7 @@ FAST_RUNTIME = "cmigrate-runc"   # agents/cmigrate-runc registered with dockerd 
 LOG_PATH = re.compile(r"(?:log file:|path=)\s*(/\S+?\.log)")
 
 
-def client(timeout: int = 300) -> docker.DockerClient:
+def client(timeout: int | None = 300) -> docker.DockerClient:
     try:
         return docker.from_env(timeout=timeout)
     except docker.errors.DockerException as exc:
@@ -27,8 +27,8 @@ def client(timeout: int = 300) -> docker.DockerClient:
 class Docker:
     """One daemon. Methods raise DockerError/PreflightError, never docker-py's exceptions."""
 
-    def __init__(self) -> None:
-        self.client = client()
+    def __init__(self, timeout: int | None = 300) -> None:
+        self.client = client(timeout)
         self.api = self.client.api
         self._info: dict | None = None
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 
 from migrate.errors import CheckpointError, PreflightError, RestoreError
@@ -67,3 +70,62 @@ class Replaced:
 
     def commit(self) -> None:
         shutil.rmtree(self.backup, ignore_errors=True)
+
+
+OPAQUE = "SCHILY.xattr.trusted.overlay.opaque"
+
+
+def apply_to_mounted(merged: Path, archive: Path) -> None:
+    """Put an archived upper directory's changes into a container whose overlay is already mounted (a restore
+    begun before the archive arrived), through the merged view so that overlay records them itself: a whiteout
+    deletes, an opaque directory is emptied, everything else is extracted over what the image has."""
+    deletions, opaque, names = [], [], []
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            name = os.path.normpath(member.name)
+            if name == ".":
+                continue
+            if name.startswith("/") or name == ".." or name.startswith("../"):
+                raise RestoreError(f"the writable layer's archive names a path outside the container: {name!r}")
+            if member.ischr() and member.devmajor == 0 and member.devminor == 0:
+                deletions.append(name)
+                names.append(member.name)
+            elif member.isdir() and member.pax_headers.get(OPAQUE) == "y":
+                opaque.append(name)
+    for name in deletions:
+        _remove(_inside(merged, name))
+    for name in opaque:
+        target = _inside(merged, name)
+        if target.is_dir() and not target.is_symlink():
+            for child in target.iterdir():
+                _remove(child)
+    with tempfile.NamedTemporaryFile("w", prefix="cmigrate-whiteouts-") as skip:
+        skip.write("".join(n + "\n" for n in names if "\n" not in n))
+        skip.flush()
+        argv = ["tar", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=trusted.overlay.*", "--numeric-owner",
+                "-xpf", str(archive), "-C", str(merged), "--no-wildcards", "--anchored", "--exclude-from", skip.name]
+        res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RestoreError(f"cannot restore the writable layer: {res.stderr.strip()[-300:]}")
+
+
+def _inside(root: Path, name: str) -> Path:
+    """``root/name``, refusing a path whose parents are not plain directories (a symlink there could lead out of
+    the container: in an upper directory, the parents of a whiteout always are directories)."""
+    path = root
+    for part in Path(name).parts[:-1]:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return root / name   # nothing there to delete
+        if not stat.S_ISDIR(st.st_mode):
+            raise RestoreError(f"the writable layer's archive deletes {name!r} through a non-directory")
+    return root / name
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()

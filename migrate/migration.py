@@ -232,7 +232,8 @@ class _Migration:
         connecting = self.data_path != "relay" and self._start_link()
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
-                                migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name)
+                                migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name,
+                                arm_restore=r.mode == "stop-copy")
         self.dst_id = r.destination_id = created["id"]
         volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
         if connecting:

@@ -83,14 +83,19 @@ def test_files_deleted_file_and_named_volume_move(both):
     appender = ('mkdir -p /data; exec 3>>/data/log; i=0; while true; do echo $i >&3; echo $i >> /vol/seen; '
                 'i=$(expr $i + 1); sleep 0.2; done')
     name = a.run_detached("-v", f"{vol}:/vol", "busybox", "sh", "-c", appender)
-    a.sh(name, "echo hello > /data/added; echo changed > /etc/group; rm /var/www/index.html; "
-               "echo precious > /vol/keep")
+    # a new file (owner, mode, a symlink to it), a changed image file, a deleted one (a whiteout) and a directory
+    # of the image replaced by a new one (opaque): Docker restores while they are still on their way (gated)
+    a.sh(name, "echo hello > /data/added; chown 1234:5678 /data/added; chmod 0640 /data/added; "
+               "ln -s added /data/link; echo changed > /etc/group; rm /bin/vi; "
+               "rm -r /var/www; mkdir /var/www; echo fresh > /var/www/new.html; echo precious > /vol/keep")
     time.sleep(0.5)
     try:
         res = cmigrate(name, "hostA", "hostB")
         assert res.status == 0, res.err
-        assert b.sh(name, "cat /data/added /etc/group /vol/keep").split() == ["hello", "changed", "precious"]
-        assert b.sh(name, "ls /var/www").split() == [], "the deleted file came back"
+        assert b.sh(name, "cat /data/link /etc/group /vol/keep").split() == ["hello", "changed", "precious"]
+        assert b.sh(name, "stat -c '%u:%g %a' /data/added").strip() == "1234:5678 640"
+        assert b.sh(name, "ls /var/www").split() == ["new.html"], "the image's replaced directory came back"
+        assert b.sh(name, "ls /bin/vi /bin/sh 2>&1 || true").count("No such file") == 1, "the deleted file came back"
         time.sleep(0.6)
         assert consecutive(b.sh(name, "cat /data/log").split()), "the open file did not go on"
         assert consecutive(b.sh(name, "cat /vol/seen").split()), "the volume's data did not come whole"
