@@ -58,9 +58,12 @@ criu_version() { "$criu_prefix/sbin/criu" --version 2>/dev/null | awk '/^Version
 # its run directory, which it only trusts on a tmpfs (gone at reboot, like the kernel it describes). Ours is
 # $kdat_dir: a tmpfs of its own where /run is not one (as on this project's CI VM); stock Debian's /run is.
 kdat_dir=/run/criu
+# Our patches to CRIU (patches/criu, each says why): the build stamp names them, so that a change rebuilds it.
+criu_stamp=$criu_prefix/lib/cmigrate-criu.build
+criu_build="rundir=$kdat_dir patches=$(cat "$repo"/patches/criu/*.patch | sha256sum | cut -d' ' -f1)"
 have=$(criu_version || true)
 if [ -n "$have" ] && version_ge "$have" "$criu_min" && [ -f "$pycriu_home/pycriu/__init__.py" ] &&
-   grep -qa "$kdat_dir/criu.kdat" "$criu_prefix/sbin/criu"; then
+   [ "$(cat "$criu_stamp" 2>/dev/null)" = "$criu_build" ]; then
     say "CRIU $have: already installed at $criu_prefix/sbin/criu"
 else
     say "building CRIU >= $criu_min from Debian's source (found: ${have:-none})"
@@ -89,14 +92,19 @@ else
     mkdir "criu-$ver"
     tar -xf "$orig" -C "criu-$ver" --strip-components=1
     cd "criu-$ver"
+    for p in "$repo"/patches/criu/*.patch; do
+        patch -s -p1 < "$p" || die "cannot apply $p to CRIU $ver"
+    done
     make -j"$(nproc)" RUNDIR="$kdat_dir" criu >/dev/null
     make lib >/dev/null
     install -D -m 0755 criu/criu "$criu_prefix/sbin/criu"
     rm -rf "$pycriu_home"
     mkdir -p "$pycriu_home"
     cp -r lib/pycriu "$pycriu_home/pycriu"
+    echo "$criu_build" > "$criu_stamp"
     have=$(criu_version)
-    say "CRIU $have installed at $criu_prefix/sbin/criu (source: Debian sid $orig, sha256 verified)"
+    say "CRIU $have installed at $criu_prefix/sbin/criu (source: Debian sid $orig, sha256 verified;" \
+        "patches: $(cd "$repo/patches/criu" && echo *.patch))"
 fi
 echo "d $kdat_dir 0700 root root -" > /etc/tmpfiles.d/cmigrate-criu.conf
 install -d -m 0700 "$kdat_dir"

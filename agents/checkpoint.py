@@ -342,9 +342,10 @@ class GatedRestore:
         finally:
             dk.close()
 
-    def release(self, timeout: float = 60.0) -> None:
+    def release(self, lazy_dir: Path | None = None, timeout: float = 60.0) -> None:
         """The images are complete and verified: wait for Docker to reach the gate, put the writable layer in,
-        let runc restore, and wait for the container to run."""
+        let runc restore, and wait for the container to run. With ``lazy_dir`` (post-copy) its memory comes
+        later, from the lazy-pages daemon listening there."""
         conn = None
         deadline = time.monotonic() + timeout
         while conn is None and self.thread.is_alive():
@@ -358,6 +359,8 @@ class GatedRestore:
                 layer = self.images / META_DIR / "rootfs.tar"
                 if layer.exists():
                     rootfs.apply_to_mounted(self.merged, layer)
+                if lazy_dir is not None:   # the wrapper reads it past the gate and adds --lazy-pages
+                    restore_map_files(self.info["Id"])[2].write_text(str(lazy_dir))
                 conn.sendall(b"go\n")
         except BaseException:
             self.cancel()

@@ -913,9 +913,9 @@ def _link_lost(exc: BaseException) -> bool:
 
 def dest_restore(args: dict, ch) -> dict:
     work = _workdir(args["migration_id"], "dst")
-    if PENDING.gated is not None and not args.get("lazy_dir"):   # Docker waits at the gate: let it restore
+    if PENDING.gated is not None:   # Docker waits at the gate: let it restore
         gated, PENDING.gated = PENDING.gated, None
-        gated.release()
+        gated.release(Path(args["lazy_dir"]) if args.get("lazy_dir") else None)
         return {"running_at": time.time()}
     _cancel_gated()
     dk = Docker()

@@ -233,7 +233,7 @@ class _Migration:
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
                                 migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name,
-                                arm_restore=r.mode == "stop-copy")
+                                arm_restore=True)
         self.dst_id = r.destination_id = created["id"]
         volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
         if connecting:
