@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -198,7 +199,8 @@ def source_dump(args: dict, ch) -> dict:
     (with exit) is used, and a rollback restores from the images.
     """
     cid = args["container_id"]
-    work = _workdir(args["migration_id"], "src", create=True)
+    work = _workdir(args["migration_id"], "src", create=args["migration_id"] not in PREDUMPS)
+    parent = _predump_dir(args["parent"]) if args.get("parent") else None
     dk = Docker()
     try:
         info = dk.inspect(cid)
@@ -225,15 +227,16 @@ def source_dump(args: dict, ch) -> dict:
                 raise TransportError("no direct data link was opened for this migration")
             try:
                 page_bytes = _runc_freeze_dump(runc_root, cid, work, conn, _throttled(ch),
-                                               args.get("destination") or "the destination")
+                                               args.get("destination") or "the destination", parent)
             except MigrationError as exc:   # thawed already; the destination never got the files to restore
                 shutil.rmtree(work, ignore_errors=True)
                 raise DumpAborted(exc.message, container=name, detail=exc.detail, hint=exc.hint) from exc
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
-        elif args.get("lazy"):
-            raise CheckpointError("post-copy needs the container's runc state on this host (runc runtime)")
+        elif args.get("lazy") or parent:
+            raise CheckpointError("post-copy and pre-copy need the container's runc state on this host (runc "
+                                  "runtime)")
         else:
             # the source must not start a fresh copy when the dump stops it; rollback gives the policy back
             policy = dk.set_restart_policy(cid, None)
@@ -261,6 +264,66 @@ def source_dump(args: dict, ch) -> dict:
         dk.close()
 
 
+PREDUMPS: set[str] = set()   # migrations this source agent pre-dumped (pre-copy), for the clean-up at session end
+PREDUMP_DIR = re.compile(r"pre-[1-9][0-9]?")
+
+
+def _predump_dir(name: str) -> str:
+    if not PREDUMP_DIR.fullmatch(name or ""):
+        raise MigrationError(f"invalid pre-dump directory {name!r}")
+    return name
+
+
+def source_predump(args: dict, ch) -> dict:
+    """Pre-copy, one iteration while the container runs: CRIU pre-dumps the memory dirtied since the previous
+    iteration (all of it the first time) into ``pre-N``, and with ``send`` streams it over the direct link at
+    once. Returns CRIU's own counts (pages written, frozen time) and the bytes and seconds it took."""
+    cid, mid, n = args["container_id"], args["migration_id"], int(args["iteration"])
+    if not 1 <= n <= 99:
+        raise MigrationError(f"invalid pre-copy iteration {n}")
+    work = _workdir(mid, "src", create=mid not in PREDUMPS and n == 1)
+    PREDUMPS.add(mid)
+    dk = Docker()
+    try:
+        runc_root = dk.runc_root(dk.inspect(cid))
+    finally:
+        dk.close()
+    if runc_root is None:
+        raise CheckpointError("pre-copy needs the container's runc state on this host (runc runtime)")
+    images, scratch = work / f"pre-{n}", work / f"pre-{n}-work"
+    images.mkdir(mode=0o700)
+    scratch.mkdir(mode=0o700)
+    argv = ["checkpoint", "--pre-dump", "--image-path", str(images), "--work-path", str(scratch)]
+    if n > 1:
+        argv += ["--parent-path", f"../pre-{n - 1}"]
+    conf = work / "criu.conf"
+    conf.write_text(criu_config_for_cmigrate())
+    t0 = time.monotonic()
+    res = _runc(runc_root, *argv, cid, env={**os.environ, "CRIU_CONFIG_FILE": str(conf)})
+    seconds = time.monotonic() - t0
+    if res.returncode != 0:
+        first, excerpt = criu_says(scratch / "dump.log", res.stderr.strip() or "runc checkpoint --pre-dump failed")
+        raise CheckpointError(f"pre-dump {n} failed, CRIU says: {first}", detail=excerpt)
+    stats = _criu_stats(scratch / "stats-dump")
+    shutil.rmtree(scratch, ignore_errors=True)
+    result = {"iteration": n, "dir": images.name, "seconds": seconds, "bytes": dir_size(images),
+              "pages": stats.get("pages_written", 0), "pages_scanned": stats.get("pages_scanned", 0),
+              "frozen_ms": stats.get("frozen_time", 0) / 1000}
+    if args.get("send") is not None:
+        result["sent"] = _send_over_link(args["send"] | {"dir": images.name, "migration_id": mid}, ch)
+    return result
+
+
+def _criu_stats(path: Path) -> dict:
+    """CRIU's stats-dump image: pages scanned/written, frozen and memory-dump times (microseconds)."""
+    try:
+        import pycriu
+        with open(path, "rb") as f:
+            return pycriu.images.load(f)["entries"][0]["dump"]
+    except Exception:   # no stats (an older CRIU) must not fail the migration; counts are then 0
+        return {}
+
+
 def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True, env=env)
 
@@ -279,7 +342,7 @@ def _throttled(ch, every: float = 0.5):
 
 
 def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, on_bytes=None,
-                      peer: str = "the destination") -> int:
+                      peer: str = "the destination", parent: str | None = None) -> int:
     """Freeze with runc and dump with ``--leave-running``: CRIU finds the cgroup frozen and leaves it so (no
     100 ms freezer polling either). Docker's checkpoint would copy the images through containerd's content
     store twice, seconds per 100 MB, all of it frozen time. On failure the container is thawed and runs on."""
@@ -290,6 +353,8 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
     if res.returncode != 0:
         raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
     argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
+    if parent:   # pre-copy: only what was dirtied since the last pre-dump; CRIU links images/parent to it
+        argv += ["--parent-path", f"../{parent}"]
     conf = work / "criu.conf"
     conf.write_text(criu_config_for_cmigrate())
     relay = None
@@ -469,6 +534,8 @@ def source_connect(args: dict, ch) -> dict:
 
 def _sources(args: dict) -> list[streams.Source]:
     work = _workdir(args["migration_id"], "src")
+    if args.get("dir"):   # a pre-copy iteration: its pre-dump alone
+        return [streams.Source(work / _predump_dir(args["dir"]), IMAGES)]
     sources = [streams.Source(work / CHECKPOINT, IMAGES)]
     for i, vol in enumerate(args.get("volumes", [])):
         sources.append(streams.Source(Path(vol["source"]), f"vol{i}"))
@@ -715,10 +782,14 @@ def dest_create(args: dict, ch) -> dict:
 
 def dest_receive(args: dict, ch) -> dict:
     work = _workdir(args["migration_id"], "dst")
-    targets = {IMAGES: work / CHECKPOINT}
-    for i, src in enumerate(args.get("volume_sources", [])):
-        targets[f"vol{i}"] = Path(src)
-    (work / CHECKPOINT).mkdir(mode=0o700, exist_ok=True)
+    if args.get("dir"):   # a pre-copy iteration: beside the final images, which link to it as their parent
+        targets = {IMAGES: work / _predump_dir(args["dir"])}
+        args = {k: v for k, v in args.items() if k not in ("restore_id", "lazy")}
+    else:
+        targets = {IMAGES: work / CHECKPOINT}
+        for i, src in enumerate(args.get("volume_sources", [])):
+            targets[f"vol{i}"] = Path(src)
+    targets[IMAGES].mkdir(mode=0o700, exist_ok=True)
     listener, PENDING.listener = PENDING.listener, None
     if args.get("direct"):
         if listener is None:
@@ -1071,6 +1142,10 @@ def on_session_end() -> None:
         PENDING.listener = None
     if not PENDING.committed:
         _discard_quietly()
+    while PREDUMPS:   # pre-dumps of a migration that never froze the container (no journal): nothing needs them
+        work = _workdir(PREDUMPS.pop(), "src")
+        if _read_journal(work) is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 OPERATIONS = {
@@ -1079,6 +1154,7 @@ OPERATIONS = {
     "source.recover_lock": source_recover_lock,
     "source.send_image": source_send_image,
     "source.dump": source_dump,
+    "source.predump": source_predump,
     "source.connect": source_connect,
     "source.send": source_send,
     "source.wait_pages": source_wait_pages,

@@ -256,6 +256,16 @@ def build_migrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
                    help="stop-copy over the direct link: memory pages straight from the dump into the link "
                         "(always), or dumped to disk and sent after (never); auto: from 64 MiB of memory")
+    from migrate.migration import PrecopyRule
+    rule = PrecopyRule()
+    p.add_argument("--precopy-iterations", type=int, default=rule.max_iterations, metavar="N",
+                   help=f"pre-copy: at most N pre-dumps before the freeze (default {rule.max_iterations})")
+    p.add_argument("--precopy-min-pages", type=int, default=rule.min_pages, metavar="PAGES",
+                   help="pre-copy: freeze once a pre-dump writes fewer pages than this (default "
+                        f"{rule.min_pages}, 4 KiB each)")
+    p.add_argument("--precopy-shrink", type=float, default=rule.shrink, metavar="RATIO",
+                   help="pre-copy: freeze once a pre-dump writes more than RATIO x the pages of the one before "
+                        f"(not shrinking; default {rule.shrink:g})")
     p.add_argument("--data-path", default="auto", choices=("auto", "direct", "relay"),
                    help="direct: SOURCE sends to DESTINATION over its own ssh (it must reach DESTINATION by that "
                         "name); relay: through this machine; auto (default): direct if it works, else relay")
@@ -263,7 +273,7 @@ def build_migrate_parser() -> argparse.ArgumentParser:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from migrate.migration import migrate
+    from migrate.migration import PrecopyRule, migrate
     if args.mode == "post-copy":
         from migrate.migration import POST_COPY_RISK
         print("cmigrate: warning: " + POST_COPY_RISK.format(src=args.source, dst=args.destination),
@@ -273,6 +283,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         report = migrate(args.container, args.source, args.destination, ssh_config=args.ssh_config,
                          mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
                          io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
+                         precopy=PrecopyRule(args.precopy_iterations, args.precopy_min_pages, args.precopy_shrink),
                          stream_pages=args.stream_pages)
     finally:
         bars.close()
@@ -286,7 +297,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 VALUE_OPTIONS = {"-H", "--host", "-F", "--ssh-config", "--mode", "--level", "--threads", "--io-timeout",
-                 "--data-path", "--stream-pages", "--checkpoint-dir", "--checkpoint"}
+                 "--data-path", "--stream-pages", "--checkpoint-dir", "--checkpoint", "--precopy-iterations",
+                 "--precopy-min-pages", "--precopy-shrink"}
 
 
 def _positionals(argv: list[str]) -> list[str]:

@@ -48,6 +48,8 @@ class Report:
     mode: str = "stop-copy"
     modes: dict[str, list[str]] = field(default_factory=dict)   # what each host supports, from CRIU's checks
     postcopy_seconds: float | None = None   # post-copy: from running on DST until every page had arrived
+    precopy: list[dict] = field(default_factory=list)   # pre-copy: per iteration pages, bytes, seconds
+    precopy_stop: str | None = None   # why pre-copy stopped iterating
     data_path: str = "relay"
     pages_streamed: bool = False
     phases: dict[str, float] = field(default_factory=dict)
@@ -83,6 +85,12 @@ class Report:
                      f"{self.destination})")
         lines.append(f"  bytes      {self.raw_bytes / mib:.1f} MiB raw, {self.wire_bytes / mib:.1f} MiB on the wire "
                      f"(ratio {self.ratio:.2f})")
+        for it in self.precopy:
+            lines.append(f"  pre-dump {it['iteration']:<2} {it['pages']:>9} pages {it['bytes'] / mib:8.1f} MiB "
+                         f"{it['wire_bytes'] / mib:8.1f} MiB on the wire {it['seconds'] * 1000:7.0f} ms "
+                         f"(container paused {it['frozen_ms']:.0f} ms)")
+        if self.precopy_stop:
+            lines.append(f"  pre-copy   stopped: {self.precopy_stop}; the rest moved frozen")
         if self.postcopy_seconds is not None:
             lines.append(f"  post-copy  every page on {self.destination} {self.postcopy_seconds * 1000:.0f} ms "
                          f"after it started there (until then it depended on {self.source})")
@@ -93,10 +101,40 @@ class Report:
         return "\n".join(lines)
 
 
+@dataclass
+class PrecopyRule:
+    """When pre-copy stops pre-dumping and freezes the container for the last, small dump: after
+    ``max_iterations``; when an iteration wrote fewer than ``min_pages`` pages (what is left moves quickly while
+    frozen); or when it wrote more than ``shrink`` times the pages of the one before (memory is dirtied about as
+    fast as it is copied: more iterations would not make the frozen part smaller). P.Haul's rule, LXD's limits."""
+
+    max_iterations: int = 8
+    min_pages: int = 1024
+    shrink: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_iterations <= 99:
+            raise UsageError(f"pre-copy iterations {self.max_iterations}: choose 1..99")
+        if self.min_pages < 0:
+            raise UsageError(f"pre-copy minimum pages {self.min_pages}: must not be negative")
+        if not 0 < self.shrink <= 1:
+            raise UsageError(f"pre-copy shrink ratio {self.shrink:g}: choose in (0, 1]")
+
+    def stop(self, n: int, pages: int, previous: int | None) -> str | None:
+        """Why to stop after iteration ``n`` that wrote ``pages`` (``previous``: the one before), or None."""
+        if pages < self.min_pages:
+            return f"pre-dump {n} wrote {pages} pages, fewer than {self.min_pages}"
+        if previous is not None and pages > self.shrink * previous:
+            return f"pre-dump {n} wrote {pages} pages, more than {self.shrink:g} x the {previous} before it"
+        if n >= self.max_iterations:
+            return f"{n} pre-dumps, the most allowed"
+        return None
+
+
 def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None,
-            data_path: str = "auto", stream_pages: str = "auto") -> Report:
+            data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None) -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
@@ -104,6 +142,8 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
 
     ``stream_pages`` (stop-copy over the direct link): ``always`` sends memory pages from CRIU's dump straight
     into the link, ``never`` dumps them to disk and sends the files after, ``auto`` streams from 64 MiB of memory.
+
+    ``precopy``: the stop rule of pre-copy's iterations (:class:`PrecopyRule`; its defaults when None).
 
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
@@ -125,6 +165,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
+    m.precopy = precopy or PrecopyRule()
     return m.run()
 
 
@@ -254,16 +295,17 @@ class _Migration:
         r.pages_streamed = (direct and not self.keep_source and r.mode == "stop-copy"
                             and {"always": True, "never": False}.get(self.stream_pages,
                                                                       info["memory_bytes"] >= STREAM_PAGES_FROM))
+        parent = self._precopy(info, direct) if r.mode == "pre-copy" else None
         self.fault("prepared")
         self.state = "frozen"
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
         if direct:
-            sent = self._freeze_direct(info, send_args, receive_args)
+            sent = self._freeze_direct(info, send_args, receive_args, parent)
         else:
-            sent = self._freeze_relayed(info, send_args, receive_args)
-        r.raw_bytes = sent["raw_bytes"] + self.dump.get("page_bytes", 0)
-        r.wire_bytes = sent["wire_bytes"] + self.dump.get("page_bytes", 0)
+            sent = self._freeze_relayed(info, send_args, receive_args, parent)
+        r.raw_bytes = sent["raw_bytes"] + self.dump.get("page_bytes", 0) + sum(i["bytes"] for i in r.precopy)
+        r.wire_bytes = sent["wire_bytes"] + self.dump.get("page_bytes", 0) + sum(i["wire_bytes"] for i in r.precopy)
         r.downtime = time.monotonic() - t_freeze
         self.state = "restored"
 
@@ -312,8 +354,10 @@ class _Migration:
                         "(CONFIG_MEM_SOFT_DIRTY; 'criu check --feature mem_dirty_track' fails)", host=name,
                         container=self.container, hint="use --mode stop-copy or post-copy, or a kernel built "
                                                        "with CONFIG_MEM_SOFT_DIRTY=y")
-            raise UsageError("pre-copy (iterative pre-dumps) is not implemented yet; use --mode stop-copy or "
-                             "post-copy")
+            if self.keep_source:
+                raise UsageError("pre-copy leaves the source's checkpoint split over its pre-dumps: drop "
+                                 "--keep-source")
+            return "pre-copy"
         if self.mode == "post-copy":
             if not dst.get("uffd"):
                 raise PreflightError("post-copy needs userfaultfd on the destination, and this kernel has none "
@@ -328,7 +372,7 @@ class _Migration:
 
     def _start_link(self) -> bool:
         """Ask the source to open the direct data link(s) to the destination; the answers are collected later."""
-        agent = self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT
+        agent = self._agent_command()
         try:
             listen = self.dst.call("dest.listen", migration_id=self.id)
             if self.report.mode == "post-copy":   # a second link for CRIU's lazy page traffic
@@ -352,12 +396,12 @@ class _Migration:
         self.report.warnings.append(f"no direct link {self.src_name} -> {self.dst_name} ({exc.message}); "
                                     "the data was relayed through this machine")
 
-    def _freeze_relayed(self, info: dict, send_args: dict, receive_args: dict) -> dict:
+    def _freeze_relayed(self, info: dict, send_args: dict, receive_args: dict, parent: str | None) -> dict:
         """Dump; relay the files through this machine; restore: one call after the other."""
         r = self.report
         t = time.monotonic()
         dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
-                                         destination=self.dst_name)
+                                         destination=self.dst_name, parent=parent)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
         self.fault("frozen")
@@ -374,7 +418,7 @@ class _Migration:
         self.phase("restore", t)
         return sent
 
-    def _freeze_direct(self, info: dict, send_args: dict, receive_args: dict) -> dict:
+    def _freeze_direct(self, info: dict, send_args: dict, receive_args: dict, parent: str | None) -> dict:
         """One call to each end: the source dumps and streams at once (pages while dumping, if streamed); the
         destination receives, verifies and restores. No round trip through this machine in between."""
         r = self.report
@@ -385,7 +429,7 @@ class _Migration:
         on_bytes = self._bytes("checkpoint")
         try:
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
-                                             destination=self.dst_name,
+                                             destination=self.dst_name, parent=parent,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
         except DumpAborted as exc:
@@ -415,6 +459,56 @@ class _Migration:
             raise
         self.phase("restore", t)
         return sent
+
+    def _precopy(self, info: dict, direct: bool) -> str:
+        """Pre-copy: pre-dumps while the container runs, each sent to the destination as soon as it is made,
+        until the stop rule says that what is left is small enough to move frozen. Returns the last pre-dump's
+        directory: the final dump's parent."""
+        r, rule = self.report, self.precopy
+        t = time.monotonic()
+        self.emit({"event": "phase", "phase": "pre-copy"})
+        send = dict(migration_id=self.id, level=self.level, threads=self.threads)
+        previous = None
+        for n in range(1, rule.max_iterations + 1):
+            receive = {"migration_id": self.id, "dir": f"pre-{n}", "io_timeout": self.io_timeout}
+            predump = dict(container_id=info["id"], migration_id=self.id, iteration=n)
+            if direct:
+                if n > 1:
+                    self._relink()   # one stream per link
+                self.dst.start("dest.receive", direct=True, **receive)
+                try:
+                    it = self.src.call("source.predump", send=send, **predump,
+                                       progress=lambda m: self._bytes("pre-copy")(m.get("bytes", 0)))
+                except MigrationError:
+                    self._collect_dest()
+                    raise
+                self.dst.wait()
+                sent = it.pop("sent")
+            else:
+                it = self.src.call("source.predump", **predump)
+                sent, _ = self.src.relay("source.send", self.dst, "dest.receive", receive, self._bytes("pre-copy"),
+                                         dir=f"pre-{n}", **send)
+            it["wire_bytes"] = sent["wire_bytes"]
+            r.precopy.append(it)
+            self.emit({"event": "pre-dump", **it})
+            r.precopy_stop = rule.stop(n, it["pages"], previous)
+            if r.precopy_stop:
+                break
+            previous = it["pages"]
+        if direct:
+            self._relink()   # for the final dump
+        self.phase("pre-copy", t)
+        return f"pre-{len(r.precopy)}"
+
+    def _relink(self) -> None:
+        """A new direct data link (each carries one stream)."""
+        listen = self.dst.call("dest.listen", migration_id=self.id)
+        self.src.call("source.connect", migration_id=self.id, target=self.dst_name, socket=listen["socket"],
+                      token=listen["token"], io_timeout=self.io_timeout, agent=self._agent_command())
+
+    def _agent_command(self) -> str:
+        """What the source runs on the destination over its own SSH to join a data link."""
+        return self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT
 
     def _wait_pages(self) -> None:
         """Post-copy: the container runs on the destination; its remaining pages arrive on demand and in the
