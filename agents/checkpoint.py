@@ -256,7 +256,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
         if fast:
             temp.mkdir(mode=0o700)
             RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
-            conf.write_text(criu_config_for_cmigrate())
+            conf.write_text(criu_config_for_cmigrate() + _cgroup_root(dk, info))
             if lazy_dir is not None:   # the wrapper adds --lazy-pages and points CRIU at our lazy-pages daemon
                 lazy.write_text(str(lazy_dir))
             mapping.write_text(str(source))
@@ -269,6 +269,26 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
             f.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         _remove_containerd_copy(temp_name)
+
+
+def _cgroup_root(dk: Docker, info: dict) -> str:
+    """A CRIU option for the restore on cgroup v2: runc 1.1 tells CRIU the new container's cgroups on v1 only, so
+    on v2 CRIU put the task back into the cgroup it was dumped from, the source container's, named after it: on
+    another host a stray cgroup outside Docker's, and where both containers share a kernel (the lab) the frozen
+    source itself, where the restored task froze too and the restore hung. Name the destination's own."""
+    daemon = dk.info()
+    if str(daemon.get("CgroupVersion")) != "2":
+        return ""
+    parent = info["HostConfig"].get("CgroupParent") or ""
+    if daemon.get("CgroupDriver") == "systemd":
+        return f"cgroup-root {_slice_path(parent or 'system.slice')}/docker-{info['Id']}.scope\n"
+    return f"cgroup-root /{(parent or 'docker').strip('/')}/{info['Id']}\n"
+
+
+def _slice_path(name: str) -> str:
+    """systemd's path of a slice: a-b.slice is /a.slice/a-b.slice."""
+    parts = name.removesuffix(".slice").split("-")
+    return "".join("/" + "-".join(parts[:i + 1]) + ".slice" for i in range(len(parts)))
 
 
 def _remove_containerd_copy(temp_name: str) -> None:

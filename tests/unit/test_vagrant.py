@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = ["install.sh", "test.sh", "demo.sh", ".ci/run", "agents/cmigrate-runc", "vagrant/keys.sh",
-           "vagrant/provision.sh", "vagrant/ssh-config.sh"]
+           "vagrant/provision.sh", "vagrant/ssh-config.sh", "vagrant/softdirty-vm.sh"]
 
 
 def _need(tool: str) -> str:
