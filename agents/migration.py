@@ -258,12 +258,16 @@ def source_dump(args: dict, ch) -> dict:
                   "images_bytes": dir_size(images), "restart_policy": policy, "frozen": bool(runc_root),
                   "page_bytes": page_bytes}
         if args.get("send") is not None:   # straight on over the direct link, no round trip to the CLI
-            result["sent"] = _send_over_link(args["send"], ch)
+            send = args["send"]
+            if result["images_bytes"] < SMALL_STREAM:   # zstd's worker threads cost more than they save here
+                send = send | {"threads": 0}
+            result["sent"] = _send_over_link(send, ch)
         return result
     finally:
         dk.close()
 
 
+SMALL_STREAM = 8 << 20
 PREDUMPS: set[str] = set()   # migrations this source agent pre-dumped (pre-copy), for the clean-up at session end
 PREDUMP_DIR = re.compile(r"pre-[1-9][0-9]?")
 

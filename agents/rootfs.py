@@ -79,9 +79,10 @@ def apply_to_mounted(merged: Path, archive: Path) -> None:
     """Put an archived upper directory's changes into a container whose overlay is already mounted (a restore
     begun before the archive arrived), through the merged view so that overlay records them itself: a whiteout
     deletes, an opaque directory is emptied, everything else is extracted over what the image has."""
-    deletions, opaque, names = [], [], []
+    deletions, opaque, names, dirs = [], [], [], []
     with tarfile.open(archive) as tf:
-        for member in tf:
+        members = tf.getmembers()
+        for member in members:
             name = os.path.normpath(member.name)
             if name == ".":
                 continue
@@ -92,6 +93,9 @@ def apply_to_mounted(merged: Path, archive: Path) -> None:
                 names.append(member.name)
             elif member.isdir() and member.pax_headers.get(OPAQUE) == "y":
                 opaque.append(name)
+    if all(m.isdir() for m in members) and not opaque:   # the usual case: directories only (mount points)
+        _directories(merged, members)
+        return
     for name in deletions:
         _remove(_inside(merged, name))
     for name in opaque:
@@ -107,6 +111,26 @@ def apply_to_mounted(merged: Path, archive: Path) -> None:
         res = subprocess.run(argv, capture_output=True, text=True)
     if res.returncode != 0:
         raise RestoreError(f"cannot restore the writable layer: {res.stderr.strip()[-300:]}")
+
+
+def _directories(merged: Path, members: list[tarfile.TarInfo]) -> None:
+    """Directories only: made where missing, with the archive's owner, mode, xattrs and times (deepest first, so
+    that making one does not change its parent's mtime afterwards); no tar process to start."""
+    paths = []
+    for member in members:   # parents before children, as tar lists them
+        name = os.path.normpath(member.name)
+        path = merged if name == "." else _inside(merged, name)
+        path.mkdir(exist_ok=True)
+        if path.is_symlink() or not path.is_dir():
+            raise RestoreError(f"the writable layer's directory {name!r} is not a directory here")
+        paths.append((len(Path(name).parts), path, member))
+    for _, path, member in sorted(paths, key=lambda p: -p[0]):
+        os.chown(path, member.uid, member.gid)
+        os.chmod(path, member.mode & 0o7777)
+        for key, value in member.pax_headers.items():
+            if key.startswith("SCHILY.xattr.") and not key.startswith("SCHILY.xattr.trusted.overlay."):
+                os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"))
+        os.utime(path, (member.mtime, member.mtime))
 
 
 def _inside(root: Path, name: str) -> Path:

@@ -107,3 +107,28 @@ def test_a_deletion_through_a_symlink_is_refused(tmp_path, overlays):
     with pytest.raises(RestoreError):
         rootfs.apply_to_mounted(dst, archive)
     assert (tmp_path / "outside" / "precious").read_text() == "host file"
+
+
+def test_directories_only_land_as_if_the_saved_upper_dir_were_mounted(tmp_path, overlays):
+    lower = tmp_path / "lower"
+    (lower / "tmp").mkdir(parents=True, mode=0o755)
+    src = overlays(lower, "src")
+    os.chmod(src / "tmp", 0o1777)   # a mount point runc made, say: copied up with its new mode
+    (src / "run" / "app").mkdir(parents=True)
+    os.chown(src / "run" / "app", 1234, 5678)
+    subprocess.run(["umount", str(src)], check=True)
+    archive = tmp_path / "layer.tar"
+    rootfs.save(tmp_path / "src-upper", archive)
+    expected = _mount(tmp_path, lower, "expected")
+    subprocess.run(["umount", str(expected)], check=True)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lower},upperdir={tmp_path / 'src-upper'},workdir={tmp_path / 'expected-work'}",
+                    str(expected)], check=True)
+    try:
+        dst = overlays(lower, "dst")
+        rootfs.apply_to_mounted(dst, archive)
+        assert _listing(dst) == _listing(expected)
+        assert [os.stat(p).st_mtime for p in (dst / "run", dst / "tmp")] == \
+            [os.stat(p).st_mtime for p in (expected / "run", expected / "tmp")]
+    finally:
+        subprocess.run(["umount", str(expected)], check=False)
