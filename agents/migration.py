@@ -300,10 +300,8 @@ def source_predump(args: dict, ch) -> dict:
     argv = ["checkpoint", "--pre-dump", "--image-path", str(images), "--work-path", str(scratch)]
     if n > 1:
         argv += ["--parent-path", f"../pre-{n - 1}"]
-    conf = work / "criu.conf"
-    conf.write_text(criu_config_for_cmigrate())
     t0 = time.monotonic()
-    res = _runc(runc_root, *argv, cid, env={**os.environ, "CRIU_CONFIG_FILE": str(conf)})
+    res = _runc(runc_root, *argv, cid, env=_criu_env(work))
     seconds = time.monotonic() - t0
     if res.returncode != 0:
         first, excerpt = criu_says(scratch / "dump.log", res.stderr.strip() or "runc checkpoint --pre-dump failed")
@@ -326,6 +324,13 @@ def _criu_stats(path: Path) -> dict:
             return pycriu.images.load(f)["entries"][0]["dump"]
     except Exception:   # no stats (an older CRIU) must not fail the migration; counts are then 0
         return {}
+
+
+def _criu_env(work: Path) -> dict:
+    """The environment for a runc that runs CRIU for us: CRIU's options for that run alone, in the work dir."""
+    conf = work / "criu.conf"
+    conf.write_text(criu_config_for_cmigrate())
+    return {**os.environ, "CRIU_CONFIG_FILE": str(conf)}
 
 
 def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -359,14 +364,13 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
     argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
     if parent:   # pre-copy: only what was dirtied since the last pre-dump; CRIU links images/parent to it
         argv += ["--parent-path", f"../{parent}"]
-    conf = work / "criu.conf"
-    conf.write_text(criu_config_for_cmigrate())
+    env = _criu_env(work)
     relay = None
     try:
         if conn is not None:
             relay = link.PageRelay(conn, on_bytes)
             argv += ["--page-server", relay.address]
-        res = _runc(runc_root, *argv, cid, env={**os.environ, "CRIU_CONFIG_FILE": str(conf)})
+        res = _runc(runc_root, *argv, cid, env=env)
         if relay is not None:
             relay.finish(ok=res.returncode == 0)
     except BaseException:
@@ -421,8 +425,7 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
     images, scratch = work / CHECKPOINT, work / "criu-work"
     images.mkdir(mode=0o700)
     scratch.mkdir(mode=0o700)
-    conf = work / "criu.conf"
-    conf.write_text(criu_config_for_cmigrate())
+    env = _criu_env(work)
     res = _runc(runc_root, "pause", cid)
     if res.returncode != 0:
         raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
@@ -432,7 +435,7 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
                              "--page-server", f"127.0.0.1:{port}", "--status-fd", str(ready_w),
                              "--image-path", str(images), "--work-path", str(scratch), cid],
                             pass_fds=[ready_w], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "CRIU_CONFIG_FILE": str(conf)})
+                            env=env)
     os.close(ready_w)
     exited = os.pidfd_open(proc.pid)
     try:
@@ -992,7 +995,6 @@ def dest_restore(args: dict, ch) -> dict:
         gated, PENDING.gated = PENDING.gated, None
         gated.release(Path(args["lazy_dir"]) if args.get("lazy_dir") else None)
         return {"running_at": time.time()}
-    _cancel_gated()
     dk = Docker()
     try:
         lazy_dir = Path(args["lazy_dir"]) if args.get("lazy_dir") else None
@@ -1098,9 +1100,6 @@ def dest_discard(args: dict | None = None, ch=None) -> dict:
         if getattr(PENDING, attr) is not None:
             getattr(PENDING, attr).close()
             setattr(PENDING, attr, None)
-    if PENDING.gated is not None:   # before removing the container: Docker holds it while it waits at the gate
-        PENDING.gated.cancel()
-        PENDING.gated = None
     _cancel_gated()   # before removing the container: Docker holds it while it waits at the gate
     if PENDING.lazy is not None:
         PENDING.lazy.kill()

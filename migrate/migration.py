@@ -372,19 +372,15 @@ class _Migration:
 
     def _start_link(self) -> bool:
         """Ask the source to open the direct data link(s) to the destination; the answers are collected later."""
-        agent = self._agent_command()
         try:
             listen = self.dst.call("dest.listen", migration_id=self.id)
             if self.report.mode == "post-copy":   # a second link for CRIU's lazy page traffic
                 pages = self.dst.call("dest.listen", migration_id=self.id, kind="pages")
-                self.src.call("source.connect", migration_id=self.id, target=self.dst_name, kind="pages",
-                              socket=pages["socket"], token=pages["token"], io_timeout=self.io_timeout,
-                              agent=agent)
+                self.src.call("source.connect", **self._connect_args(pages, kind="pages"))
         except MigrationError as exc:
             self._no_link(exc)
             return False
-        self.src.start("source.connect", migration_id=self.id, target=self.dst_name, socket=listen["socket"],
-                       token=listen["token"], io_timeout=self.io_timeout, agent=agent)
+        self.src.start("source.connect", **self._connect_args(listen))
         return True
 
     def _no_link(self, exc: MigrationError) -> None:
@@ -502,13 +498,14 @@ class _Migration:
 
     def _relink(self) -> None:
         """A new direct data link (each carries one stream)."""
-        listen = self.dst.call("dest.listen", migration_id=self.id)
-        self.src.call("source.connect", migration_id=self.id, target=self.dst_name, socket=listen["socket"],
-                      token=listen["token"], io_timeout=self.io_timeout, agent=self._agent_command())
+        self.src.call("source.connect", **self._connect_args(self.dst.call("dest.listen", migration_id=self.id)))
 
-    def _agent_command(self) -> str:
-        """What the source runs on the destination over its own SSH to join a data link."""
-        return self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT
+    def _connect_args(self, listen: dict, **kind: str) -> dict:
+        """source.connect's arguments for the destination's listener ``listen`` (what dest.listen answered): the
+        source joins it over its own SSH, running the agent command there."""
+        return dict(migration_id=self.id, target=self.dst_name, socket=listen["socket"], token=listen["token"],
+                    io_timeout=self.io_timeout, agent=self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT,
+                    **kind)
 
     def _wait_pages(self) -> None:
         """Post-copy: the container runs on the destination; its remaining pages arrive on demand and in the
