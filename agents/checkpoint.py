@@ -228,12 +228,13 @@ def _link_or_copy(src, dst) -> None:
 RESTORE_MAPS = Path("/run/cmigrate/restore")
 
 
-def restore_map_files(cid: str) -> tuple[Path, Path, Path, Path]:
+def restore_map_files(cid: str) -> tuple[Path, Path, Path, Path, Path]:
     """What a restore of container ``cid`` tells the cmigrate-runc wrapper: the images' directory, CRIU's
     options for that restore, the lazy-pages daemon's directory (post-copy); and for a restore begun before its
-    images arrived, the gate (a socket: "go" from the destination agent lets runc restore)."""
+    images arrived, the gate (a socket: "go" from the destination agent lets runc restore) and a marker that the
+    source dumped the network namespace as external (the wrapper makes it before the gate: restore_gate.py)."""
     return (RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
-            RESTORE_MAPS / f"{cid}.gate")
+            RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
@@ -248,7 +249,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
     temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
-    mapping, conf, lazy, _ = restore_map_files(info["Id"])
+    mapping, conf, lazy, _, netns = restore_map_files(info["Id"])
     if lazy_dir is not None and not fast:
         raise RestoreError("a post-copy restore needs the cmigrate-runc runtime on this host",
                            hint="register it with dockerd (see README)")
@@ -265,7 +266,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
         (temp / "cmigrate-nonce").write_text(temp_name)
         dk.start_from_checkpoint(info["Id"], temp_name)
     finally:
-        for f in (mapping, conf, lazy):
+        for f in (mapping, conf, lazy, netns):
             f.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         _remove_containerd_copy(temp_name)
@@ -338,20 +339,43 @@ class GatedRestore:
     the wrapper reads end-of-file (or cannot connect) and refuses the restore: nothing runs from images that were
     not verified, and nothing waits forever."""
 
-    def __init__(self, info: dict, images: Path) -> None:
+    def __init__(self, info: dict, images: Path, netns: bool = False) -> None:
+        """``netns``: the source dumps the network namespace as external; the wrapper makes it before the gate."""
         if (info["HostConfig"].get("Runtime") or "") != FAST_RUNTIME:
             raise RestoreError("a gated restore needs the cmigrate-runc runtime")
         rootfs.upper_dir(info)   # overlay2 only, as for any restore of ours
         self.info, self.images, self.error = info, images, None
         self.merged = Path(info["GraphDriver"]["Data"]["MergedDir"])
-        self.path = restore_map_files(info["Id"])[3]
+        files = restore_map_files(info["Id"])
+        self.path, self.netns = files[3], files[4]
         RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
+        self.netns.unlink(missing_ok=True)
+        if netns:
+            self.netns.write_text("external\n")
+        self.conn: socket.socket | None = None
         self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(self.path))
         self.sock.listen(1)
         self.thread = threading.Thread(target=self._start, name="gated-restore", daemon=True)
         self.thread.start()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until Docker has reached the gate: everything of the restore that can come before the images
+        (rootfs, network namespace and endpoint, containerd task) is done, none of it in the frozen time."""
+        deadline = time.monotonic() + timeout
+        while self.conn is None and self.thread.is_alive():
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise RestoreError(f"Docker did not reach the restore within {timeout:.0f} s")
+            if select.select([self.sock], [], [], 0.05)[0]:
+                self.conn, _ = self.sock.accept()
+        if self.conn is None:   # Docker gave up before the gate: say why, before anything is frozen
+            self.cancel()
+            exc = self.error
+            if isinstance(exc, DockerError):
+                raise _criu_failure(RestoreError, "restore", exc, self.info["Name"].lstrip("/")) from exc
+            raise exc if exc is not None else RestoreError("Docker's restore ended before its gate")
 
     def _start(self) -> None:
         dk = Docker(timeout=None)   # it waits at the gate for as long as the dump and the transfer take
@@ -366,14 +390,8 @@ class GatedRestore:
         """The images are complete and verified: wait for Docker to reach the gate, put the writable layer in,
         let runc restore, and wait for the container to run. With ``lazy_dir`` (post-copy) its memory comes
         later, from the lazy-pages daemon listening there."""
-        conn = None
-        deadline = time.monotonic() + timeout
-        while conn is None and self.thread.is_alive():
-            if time.monotonic() > deadline:
-                self.cancel()
-                raise RestoreError(f"Docker did not reach the restore within {timeout:.0f} s")
-            if select.select([self.sock], [], [], 0.05)[0]:
-                conn, _ = self.sock.accept()
+        self.wait_ready(timeout)
+        conn, self.conn = self.conn, None
         try:
             if conn is not None:
                 layer = self.images / META_DIR / "rootfs.tar"
@@ -407,10 +425,14 @@ class GatedRestore:
         self.thread.join(30)
 
     def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
             self.path.unlink(missing_ok=True)
+        self.netns.unlink(missing_ok=True)
 
 
 def restore(args: dict, ch) -> dict:

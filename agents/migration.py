@@ -162,6 +162,7 @@ def source_inspect(args: dict, ch) -> dict:
             "memory_bytes": _memory_bytes(info["Id"]), "upper_bytes": dir_size(upper),
             "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"),
             "lazy_pipes_problem": _lazy_pipes_ok(),
+            "runc_state": dk.runc_root(info) is not None,   # dumps through runc, with our CRIU options
         }
     finally:
         dk.close()
@@ -211,13 +212,18 @@ def source_dump(args: dict, ch) -> dict:
                  destination=args.get("destination"), state="frozen")
         policy = None
         page_bytes = 0
+        extra = ""
+        if args.get("external_netns"):   # the destination made the network namespace: CRIU must not
+            if not runc_root:
+                raise CheckpointError("the container's runc state is gone: it cannot be dumped as planned")
+            extra = _external_netns(runc_root, cid)
         t0 = time.time()
         if runc_root and args.get("lazy"):
             pages = LINKS.get(args["migration_id"] + "-pages")
             if pages is None:
                 raise TransportError("no page link was opened for this post-copy migration")
             try:
-                _runc_freeze_lazy_dump(runc_root, cid, work, pages, args["migration_id"])
+                _runc_freeze_lazy_dump(runc_root, cid, work, pages, args["migration_id"], extra)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
@@ -227,7 +233,7 @@ def source_dump(args: dict, ch) -> dict:
                 raise TransportError("no direct data link was opened for this migration")
             try:
                 page_bytes = _runc_freeze_dump(runc_root, cid, work, conn, _throttled(ch),
-                                               args.get("destination") or "the destination", parent)
+                                               args.get("destination") or "the destination", parent, extra)
             except MigrationError as exc:   # thawed already; the destination never got the files to restore
                 shutil.rmtree(work, ignore_errors=True)
                 raise DumpAborted(exc.message, container=name, detail=exc.detail, hint=exc.hint) from exc
@@ -326,11 +332,28 @@ def _criu_stats(path: Path) -> dict:
         return {}
 
 
-def _criu_env(work: Path) -> dict:
+def _criu_env(work: Path, extra: str = "") -> dict:
     """The environment for a runc that runs CRIU for us: CRIU's options for that run alone, in the work dir."""
     conf = work / "criu.conf"
-    conf.write_text(criu_config_for_cmigrate())
+    conf.write_text(criu_config_for_cmigrate() + extra)
     return {**os.environ, "CRIU_CONFIG_FILE": str(conf)}
+
+
+def _external_netns(runc_root: Path, cid: str) -> str:
+    """CRIU's option that dumps the container's network namespace as external, to be joined on restore rather
+    than made by CRIU: the destination makes it, endpoint and all, before the freeze (restore_gate.py), instead
+    of Docker's prestart hook doing so inside the frozen time. runc dumps it empty anyway (--empty-ns network)."""
+    try:
+        state = json.loads((runc_root / cid / "state.json").read_text())
+        own = [ns for ns in state["config"]["namespaces"] if ns["type"] == "NEWNET"]
+        ino = os.stat(f"/proc/{state['init_process_pid']}/ns/net").st_ino
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot read the container's network namespace from runc: {exc}") from exc
+    if not own:
+        raise CheckpointError("the container has no network namespace of its own, unlike its new copy")
+    if own[0].get("path"):   # restored so before (a migration's copy): runc names it to CRIU as external itself
+        return ""
+    return f"external net[{ino}]:extRootNetNS\n"
 
 
 def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -351,7 +374,7 @@ def _throttled(ch, every: float = 0.5):
 
 
 def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, on_bytes=None,
-                      peer: str = "the destination", parent: str | None = None) -> int:
+                      peer: str = "the destination", parent: str | None = None, criu_extra: str = "") -> int:
     """Freeze with runc and dump with ``--leave-running``: CRIU finds the cgroup frozen and leaves it so (no
     100 ms freezer polling either). Docker's checkpoint would copy the images through containerd's content
     store twice, seconds per 100 MB, all of it frozen time. On failure the container is thawed and runs on."""
@@ -364,7 +387,7 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
     argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
     if parent:   # pre-copy: only what was dirtied since the last pre-dump; CRIU links images/parent to it
         argv += ["--parent-path", f"../{parent}"]
-    env = _criu_env(work)
+    env = _criu_env(work, criu_extra)
     relay = None
     try:
         if conn is not None:
@@ -419,13 +442,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Link, mid: str) -> None:
+def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Link, mid: str,
+                           criu_extra: str = "") -> None:
     """Post-copy: freeze, dump everything but the memory contents, then leave CRIU serving the pages. Returns
     once CRIU is ready to serve (its status fd); the pages flow from then on, through the page link."""
     images, scratch = work / CHECKPOINT, work / "criu-work"
     images.mkdir(mode=0o700)
     scratch.mkdir(mode=0o700)
-    env = _criu_env(work)
+    env = _criu_env(work, criu_extra)
     res = _runc(runc_root, "pause", cid)
     if res.returncode != 0:
         raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
@@ -779,10 +803,15 @@ def dest_create(args: dict, ch) -> dict:
         _watch_link(ch, args)
         info = dk.inspect(cid)
         mounts = {m["Destination"]: m["Source"] for m in info.get("Mounts", []) if m["Type"] == "volume"}
+        netns = False
         if args.get("arm_restore") and config["HostConfig"]["Runtime"] == FAST_RUNTIME:
-            # Docker's own way to the restore (~0.2 s here) overlaps what comes before it, not the downtime
-            PENDING.gated = GatedRestore(info, _workdir(args["migration_id"], "dst") / CHECKPOINT)
-        return {"id": cid, "volume_sources": mounts, "armed": PENDING.gated is not None}
+            # Docker's own way to the restore (~0.2 s here: rootfs, containerd task; and with ``netns`` the
+            # network namespace and its endpoint, ~0.1 s more) overlaps what comes before it, not the downtime
+            mode = info["HostConfig"].get("NetworkMode") or "default"
+            netns = bool(args.get("netns")) and mode != "host" and not mode.startswith("container:")
+            PENDING.gated = GatedRestore(info, _workdir(args["migration_id"], "dst") / CHECKPOINT, netns)
+            PENDING.gated.wait_ready()
+        return {"id": cid, "volume_sources": mounts, "armed": PENDING.gated is not None, "netns": netns}
     finally:
         dk.close()
 

@@ -181,6 +181,7 @@ class _Migration:
         self.container, self.src_name, self.dst_name = container, source, destination
         self.ssh_config, self.level, self.threads = ssh_config, level, threads
         self.keep_source, self.io_timeout, self.emit, self.agent = keep_source, io_timeout, emit, agent
+        self.external_netns = False   # the source dumps the network namespace as external (see dest.create)
         self.id = uuid.uuid4().hex[:16]
         self.report = Report(container, source, destination, self.id)
         self.state = "init"
@@ -274,8 +275,11 @@ class _Migration:
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
                                 migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name,
-                                arm_restore=True)
+                                arm_restore=True, netns=bool(info.get("runc_state")) and not self.keep_source)
         self.dst_id = r.destination_id = created["id"]
+        # the destination made the network namespace already: the source dumps it as external (--keep-source
+        # does not: its checkpoint must restore with Docker alone)
+        self.external_netns = bool(created.get("netns"))
         volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
         if connecting:
             try:
@@ -397,7 +401,8 @@ class _Migration:
         r = self.report
         t = time.monotonic()
         dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
-                                         destination=self.dst_name, parent=parent)
+                                         destination=self.dst_name, parent=parent,
+                                         external_netns=self.external_netns)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
         self.fault("frozen")
@@ -427,6 +432,7 @@ class _Migration:
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                              destination=self.dst_name, parent=parent,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
+                                             external_netns=self.external_netns,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
         except DumpAborted as exc:
             self.state = "prepared"   # the source thawed it; the destination cannot have restored anything
