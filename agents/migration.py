@@ -810,7 +810,8 @@ def dest_create(args: dict, ch) -> dict:
             mode = info["HostConfig"].get("NetworkMode") or "default"
             netns = bool(args.get("netns")) and mode != "host" and not mode.startswith("container:")
             PENDING.gated = GatedRestore(info, _workdir(args["migration_id"], "dst") / CHECKPOINT, netns)
-            PENDING.gated.wait_ready()
+            if args.get("wait_gate", True):
+                PENDING.gated.wait_ready()
         return {"id": cid, "volume_sources": mounts, "armed": PENDING.gated is not None, "netns": netns}
     finally:
         dk.close()

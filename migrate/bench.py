@@ -57,6 +57,7 @@ class Trial:
     ok: bool
     note: str = ""
     postcopy_s: float | None = None   # post-copy: restart on hostB -> every page there
+    phases: str = ""   # cmigrate's report: seconds per phase ("dump=2.61 transfer=0.02 restore=0.63 ...")
 
 
 def _ssh(host: str, *argv: str, check: bool = True, timeout: float = 600, input: bytes | None = None):
@@ -144,7 +145,8 @@ def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "aut
     rss = rep.get("agent_peak_rss_kib", {})
     return Trial(*cfg, method, repeat, _max_gap("hostB", name), rep["downtime"], total, rep["wire_bytes"],
                  usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok,
-                 postcopy_s=rep.get("postcopy_seconds"))
+                 postcopy_s=rep.get("postcopy_seconds"),
+                 phases=" ".join(f"{k}={v:.3f}" for k, v in (rep.get("phases") or {}).items()))
 
 
 def trial_postcopy(name, cfg, repeat) -> Trial:
