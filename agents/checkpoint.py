@@ -347,7 +347,7 @@ class GatedRestore:
         self.info, self.images, self.error = info, images, None
         self.merged = Path(info["GraphDriver"]["Data"]["MergedDir"])
         files = restore_map_files(info["Id"])
-        self.path, self.netns = files[3], files[4]
+        self.path, self.netns, self.made_netns = files[3], files[4], netns
         RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         self.netns.unlink(missing_ok=True)
@@ -416,6 +416,9 @@ class GatedRestore:
         dk = Docker()
         try:
             _check_running(dk, self.info)
+            runc_root = dk.runc_root(self.info)
+            if self.made_netns and runc_root is not None:
+                forget_netns_path(runc_root / self.info["Id"] / "state.json")
         finally:
             dk.close()
 
@@ -433,6 +436,24 @@ class GatedRestore:
             self.sock = None
             self.path.unlink(missing_ok=True)
         self.netns.unlink(missing_ok=True)
+
+
+def forget_netns_path(state_file: Path) -> None:
+    """runc keeps the network namespace's path the restore was given (restore_gate.py) in its state, and would
+    then dump that namespace as external in every later checkpoint, which Docker alone cannot restore. Once the
+    container runs, make it what Docker made: a namespace of its own, no path (dockerd holds it as sandbox key).
+    Docker waits for nothing here: its start has returned, no runc command is running for this container."""
+    try:
+        state = json.loads(state_file.read_text())
+        for ns in state["config"]["namespaces"]:
+            if ns["type"] == "NEWNET":
+                ns["path"] = ""
+        tmp = state_file.with_name(state_file.name + ".cmigrate")
+        tmp.write_text(json.dumps(state))
+        os.chmod(tmp, state_file.stat().st_mode & 0o7777)
+        os.replace(tmp, state_file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RestoreError(f"cannot update runc's state of the restored container: {exc}") from exc
 
 
 def restore(args: dict, ch) -> dict:

@@ -331,6 +331,27 @@ def test_docker_manages_the_moved_container(both):
     assert absent(b, name)
 
 
+def test_moved_container_has_its_network_and_docker_checkpoints_it_again(both):
+    """The destination made the network namespace before the freeze (Docker's endpoint in it); afterwards the
+    container must look to Docker like any other: its own checkpoint and restore work on it."""
+    a, b = both
+    name = a.run_detached("--security-opt=seccomp:unconfined", "busybox", "/bin/sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 2)
+    assert cmigrate(name, "hostA", "hostB").status == 0
+    ip = b("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name).out.strip()
+    gateway = b("inspect", "-f", "{{.NetworkSettings.Gateway}}", name).out.strip()
+    assert ip and ip in b("exec", name, "ip", "-4", "addr", "show", "eth0").out
+    assert b("exec", name, "ping", "-c", "1", "-W", "2", gateway).status == 0
+    before = [int(x) for x in b.wait_logs(name, lambda lines: len(lines) >= 1)]
+    b("checkpoint", "create", name, "again")
+    assert not running(b, name)
+    b("start", "--checkpoint", "again", name)
+    assert running(b, name)
+    after = [int(x) for x in b.wait_logs(name, lambda lines: len(lines) > len(before) + 1)]
+    assert after == list(range(after[0], after[0] + len(after))), "the counter must go on where it stopped"
+    assert b("exec", name, "ping", "-c", "1", "-W", "2", gateway).status == 0
+
+
 def test_dump_failure_leaves_the_container_running_on_the_source(both, failing_criu):
     a, b = both
     name = a.run_detached("-e", "CMIGRATE_TEST_FAIL=1", "busybox", "sh", "-c", COUNTER)
