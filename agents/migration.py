@@ -808,7 +808,9 @@ def dest_create(args: dict, ch) -> dict:
             # Docker's own way to the restore (~0.2 s here: rootfs, containerd task; and with ``netns`` the
             # network namespace and its endpoint, ~0.1 s more) overlaps what comes before it, not the downtime
             mode = info["HostConfig"].get("NetworkMode") or "default"
-            netns = bool(args.get("netns")) and mode != "host" and not mode.startswith("container:")
+            # Docker's prestart hook binds the namespace to its sandbox key: none without networking at all
+            netns = (bool(args.get("netns")) and mode != "host" and not mode.startswith("container:")
+                     and not info["Config"].get("NetworkDisabled"))
             PENDING.gated = GatedRestore(info, _workdir(args["migration_id"], "dst") / CHECKPOINT, netns)
             if args.get("wait_gate", True):
                 PENDING.gated.wait_ready()

@@ -352,6 +352,17 @@ def test_moved_container_has_its_network_and_docker_checkpoints_it_again(both):
     assert b("exec", name, "ping", "-c", "1", "-W", "2", gateway).status == 0
 
 
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_containers_without_a_bridge_endpoint_move(both, network):
+    a, b = both
+    name = a.run_detached(f"--network={network}", "busybox", "/bin/sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 2)
+    assert cmigrate(name, "hostA", "hostB").status == 0
+    assert running(b, name) and absent(a, name)
+    n = [int(x) for x in b.wait_logs(name, lambda lines: len(lines) >= 2)]
+    assert n[0] >= 2 and n == list(range(n[0], n[0] + len(n))), n
+
+
 def test_dump_failure_leaves_the_container_running_on_the_source(both, failing_criu):
     a, b = both
     name = a.run_detached("-e", "CMIGRATE_TEST_FAIL=1", "busybox", "sh", "-c", COUNTER)
