@@ -351,7 +351,7 @@ def _external_netns(runc_root: Path, cid: str) -> str:
         raise CheckpointError(f"cannot read the container's network namespace from runc: {exc}") from exc
     if not own:
         raise CheckpointError("the container has no network namespace of its own, unlike its new copy")
-    if own[0].get("path"):   # restored so before (a migration's copy): runc names it to CRIU as external itself
+    if own[0].get("path"):   # a namespace given by path: runc names it to CRIU as external itself
         return ""
     return f"external net[{ino}]:extRootNetNS\n"
 
