@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from agents import rootfs
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
@@ -228,13 +229,29 @@ def _link_or_copy(src, dst) -> None:
 RESTORE_MAPS = Path("/run/cmigrate/restore")
 
 
-def restore_map_files(cid: str) -> tuple[Path, Path, Path, Path, Path]:
-    """What a restore of container ``cid`` tells the cmigrate-runc wrapper: the images' directory, CRIU's
-    options for that restore, the lazy-pages daemon's directory (post-copy); and for a restore begun before its
-    images arrived, the gate (a socket: "go" from the destination agent lets runc restore) and a marker that the
-    source dumped the network namespace as external (the wrapper makes it before the gate: restore_gate.py)."""
-    return (RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
-            RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
+class RestoreMapFiles(NamedTuple):
+    """What a restore of one container tells the cmigrate-runc wrapper: the images' directory, CRIU's options for
+    that restore, the lazy-pages daemon's directory (post-copy); and for a restore begun before its images arrived,
+    the gate (a socket: "go" from the destination agent lets runc restore) and a marker that the source dumped the
+    network namespace as external (the wrapper makes it before the gate: restore_gate.py)."""
+    mapping: Path
+    conf: Path
+    lazy: Path
+    gate: Path
+    netns: Path
+
+
+def restore_map_files(cid: str) -> RestoreMapFiles:
+    return RestoreMapFiles(RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
+                           RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
+
+
+def replace_json(path: Path, data, mode: int) -> None:
+    """Write ``path`` as JSON atomically (a temporary file beside it, renamed over it), with ``mode``."""
+    tmp = path.with_name(path.name + ".cmigrate-tmp")
+    tmp.write_text(json.dumps(data))
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
@@ -347,7 +364,7 @@ class GatedRestore:
         self.info, self.images, self.error = info, images, None
         self.merged = Path(info["GraphDriver"]["Data"]["MergedDir"])
         files = restore_map_files(info["Id"])
-        self.path, self.netns, self.made_netns = files[3], files[4], netns
+        self.path, self.netns, self.lazy, self.made_netns = files.gate, files.netns, files.lazy, netns
         RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         self.netns.unlink(missing_ok=True)
@@ -390,22 +407,20 @@ class GatedRestore:
         """The images are complete and verified: wait for Docker to reach the gate, put the writable layer in,
         let runc restore, and wait for the container to run. With ``lazy_dir`` (post-copy) its memory comes
         later, from the lazy-pages daemon listening there."""
-        self.wait_ready(timeout)
+        self.wait_ready(timeout)   # Docker waits at the gate (or this raised)
         conn, self.conn = self.conn, None
         try:
-            if conn is not None:
-                layer = self.images / META_DIR / "rootfs.tar"
-                if layer.exists():
-                    rootfs.apply_to_mounted(self.merged, layer)
-                if lazy_dir is not None:   # the wrapper reads it past the gate and adds --lazy-pages
-                    restore_map_files(self.info["Id"])[2].write_text(str(lazy_dir))
-                conn.sendall(b"go\n")
+            layer = self.images / META_DIR / "rootfs.tar"
+            if layer.exists():
+                rootfs.apply_to_mounted(self.merged, layer)
+            if lazy_dir is not None:   # the wrapper reads it past the gate and adds --lazy-pages
+                self.lazy.write_text(str(lazy_dir))
+            conn.sendall(b"go\n")
         except BaseException:
             self.cancel()
             raise
         finally:
-            if conn is not None:
-                conn.close()
+            conn.close()
         self.thread.join()
         self._close()
         exc = self.error
@@ -448,10 +463,7 @@ def forget_netns_path(state_file: Path) -> None:
         for ns in state["config"]["namespaces"]:
             if ns["type"] == "NEWNET":
                 ns["path"] = ""
-        tmp = state_file.with_name(state_file.name + ".cmigrate")
-        tmp.write_text(json.dumps(state))
-        os.chmod(tmp, state_file.stat().st_mode & 0o7777)
-        os.replace(tmp, state_file)
+        replace_json(state_file, state, state_file.stat().st_mode & 0o7777)
     except (OSError, ValueError, KeyError) as exc:
         raise RestoreError(f"cannot update runc's state of the restored container: {exc}") from exc
 

@@ -26,7 +26,7 @@ import zstandard
 
 from agents import link, rootfs
 from agents.checkpoint import (META_DIR, GatedRestore, _criu_failure, _lock_down, _resume_after_failure, dir_size,
-                               restore_from, restore_map_files, this_host)
+                               replace_json, restore_from, restore_map_files, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
 from migrate.errors import (CheckpointError, DockerError, DumpAborted, MigrationError, PreflightError,
                             RestoreError, RollbackError, TransportError)
@@ -71,10 +71,7 @@ def _journal(work: Path, **fields) -> None:
     or roll back a migration whose CLI died (the commit point: the destination's ``committed``)."""
     path = work / JOURNAL
     old = json.loads(path.read_text()) if path.exists() else {}
-    tmp = work / (JOURNAL + ".tmp")
-    tmp.write_text(json.dumps(old | fields | {"updated": time.time()}))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    replace_json(path, old | fields | {"updated": time.time()}, 0o600)
 
 
 def _read_journal(work: Path) -> dict | None:
