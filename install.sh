@@ -31,24 +31,27 @@ fi
 # ---------------------------------------------------------------- Debian packages
 runtime_pkgs=(docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables
   python3 python3-venv ca-certificates xz-utils tar util-linux procps zstd)
+# Debian 13 split Docker's client out of docker.io (which then has no /usr/bin/docker) into docker-cli.
+if [ "${major:-0}" -ge 13 ] 2>/dev/null || [ -z "${VERSION_ID:-}" ]; then runtime_pkgs+=(docker-cli); fi
 build_pkgs=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
-  libaio-dev dpkg-dev)
-# what the tests use to check the Vagrant lab (no VM runs here): `vagrant validate` and shellcheck
-check_pkgs=(vagrant shellcheck)
+  libaio-dev dpkg-dev patch)
+# what the tests use: shellcheck on the scripts, `vagrant validate` on the Vagrant lab (Debian 12 ships Vagrant,
+# Debian 13 no longer does), debootstrap and git for the new-machine check (tests/platforms)
+check_pkgs=(shellcheck debootstrap git)
+if [ "${major:-0}" -eq 12 ] 2>/dev/null; then check_pkgs+=(vagrant); fi
 all_pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${check_pkgs[@]}")
-# shellcheck disable=SC2016  # ${Package} is dpkg-query's format, not the shell's
-mapfile -t missing < <({ dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${all_pkgs[@]}" 2>/dev/null |
-                         awk '$2 != "ii" {print $1}'
-                         for p in "${all_pkgs[@]}"; do dpkg-query -W "$p" >/dev/null 2>&1 || echo "$p"; done
-                       } | sort -u)
+mapfile -t missing < <("$repo/scripts/missing-packages.sh" "${all_pkgs[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    mapfile -t missing < <("$repo/scripts/missing-packages.sh" "${all_pkgs[@]}")
+    [ "${#missing[@]}" -eq 0 ] || die "apt-get installed, but these packages are still missing: ${missing[*]}"
 else
     say "Debian packages: already installed"
 fi
+command -v docker >/dev/null || die "no docker command after installing ${runtime_pkgs[*]}"
 
 # ---------------------------------------------------------------- CRIU
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
@@ -106,6 +109,8 @@ else
     say "CRIU $have installed at $criu_prefix/sbin/criu (source: Debian sid $orig, sha256 verified;" \
         "patches: $(cd "$repo/patches/criu" && echo *.patch))"
 fi
+# a minimal system (no systemd) has no /etc/tmpfiles.d; the entry still tells a later systemd what to make
+mkdir -p /etc/tmpfiles.d
 echo "d $kdat_dir 0700 root root -" > /etc/tmpfiles.d/cmigrate-criu.conf
 install -d -m 0700 "$kdat_dir"
 if [ "$(stat -f -c %T "$kdat_dir")" != tmpfs ]; then
