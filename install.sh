@@ -36,10 +36,9 @@ if [ "${major:-0}" -ge 13 ] 2>/dev/null || [ -z "${VERSION_ID:-}" ]; then runtim
 build_pkgs=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
   libaio-dev dpkg-dev patch)
-# what the tests use: shellcheck on the scripts, `vagrant validate` on the Vagrant lab (Debian 12 ships Vagrant,
-# Debian 13 no longer does), debootstrap and git for the new-machine check (tests/platforms)
-check_pkgs=(shellcheck debootstrap git)
-if [ "${major:-0}" -eq 12 ] 2>/dev/null; then check_pkgs+=(vagrant); fi
+# what the tests use: shellcheck on the scripts, `vagrant validate` on the Vagrant lab, debootstrap and git for
+# the new-machine check (tests/platforms)
+check_pkgs=(vagrant shellcheck debootstrap git)
 all_pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${check_pkgs[@]}")
 mapfile -t missing < <("$repo/scripts/missing-packages.sh" "${all_pkgs[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -53,7 +53,7 @@ def this_host() -> LocalHost:
 
 
 def _preflight(dk: Docker) -> None:
-    dk.require_experimental()
+    dk.require_checkpointing()
     require_criu(this_host())
 
 

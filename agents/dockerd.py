@@ -10,6 +10,7 @@ import docker.errors
 import requests
 
 from migrate.errors import DockerError, PreflightError
+from migrate.hostinfo import docker_versions
 
 FAST_RUNTIME = "cmigrate-runc"   # agents/cmigrate-runc registered with dockerd (--add-runtime)
 LOG_PATH = re.compile(r"(?:log file:|path=)\s*(/\S+?\.log)")
@@ -41,11 +42,29 @@ class Docker:
             self._info = self._do("read daemon info", self.api.info)
         return self._info
 
-    def require_experimental(self) -> None:
+    def require_checkpointing(self) -> None:
+        """Refuse a daemon that cannot checkpoint and restore the way cmigrate does: not experimental, or keeping
+        containers in containerd's image store."""
         if not self.info().get("ExperimentalBuild"):
             raise PreflightError("Docker is not in experimental mode (checkpoint and restore need it)",
                                  hint="start dockerd with --experimental, or set \"experimental\": true in "
                                       "/etc/docker/daemon.json and restart it")
+        if self.uses_containerd_store():
+            raise PreflightError("Docker keeps containers in containerd's image store (the containerd-snapshotter "
+                                 "feature): cmigrate carries a container's writable layer only from overlay2",
+                                 hint="set \"features\": {\"containerd-snapshotter\": false} in "
+                                      "/etc/docker/daemon.json and restart dockerd (images and containers made "
+                                      "in the containerd store are not seen by overlay2)")
+
+    def uses_containerd_store(self) -> bool:
+        """Docker 24+ with the containerd-snapshotter feature (the default of new Docker 29 installs): the
+        writable layer lives in a containerd snapshot, not in an overlay2 upper directory."""
+        status = dict(tuple(pair) for pair in (self.info().get("DriverStatus") or []) if len(pair) == 2)
+        return status.get("driver-type") == "io.containerd.snapshotter.v1"
+
+    def versions(self) -> dict[str, str | None]:
+        """The versions of Docker and of the containerd and runc it uses, as the daemon reports them."""
+        return docker_versions(self._do("read daemon version", self.api.version))
 
     @property
     def root_dir(self) -> Path:

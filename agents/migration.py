@@ -127,7 +127,7 @@ def source_inspect(args: dict, ch) -> dict:
                                  "pending here", container=container,
                                  hint=f"run: cmigrate recover {os.environ.get('CMIGRATE_HOST') or 'HOST'} "
                                       f"{container}")
-        dk.require_experimental()
+        dk.require_checkpointing()
         criu = require_criu(this_host())
         hc = info["HostConfig"]
         mode = hc.get("NetworkMode") or ""
@@ -157,7 +157,7 @@ def source_inspect(args: dict, ch) -> dict:
             "image_layers": (image.get("RootFS") or {}).get("Layers") or [],
             "image_bytes": image.get("Size", 0), "volumes": volumes, "binds": binds,
             "memory_bytes": _memory_bytes(info["Id"]), "upper_bytes": dir_size(upper),
-            "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"),
+            "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"), "platform": dk.versions(),
             "lazy_pipes_problem": _lazy_pipes_ok(),
             "runc_state": dk.runc_root(info) is not None,   # dumps through runc, with our CRIU options
         }
@@ -713,7 +713,7 @@ def dest_preflight(args: dict, ch) -> dict:
     name = args["name"]
     dk = Docker()
     try:
-        dk.require_experimental()
+        dk.require_checkpointing()
         criu = require_criu(this_host())
         if dk.exists(name):
             raise PreflightError(f"a container named {name} already exists", container=name,
@@ -738,7 +738,8 @@ def dest_preflight(args: dict, ch) -> dict:
                 raise PreflightError(f"not enough disk at {path}: {free // 2**20} MiB free, "
                                      f"{need // 2**20} MiB needed", container=name)
         image = _image_match(dk, args["image_id"], args["image_name"], args.get("image_layers", []))
-        return {"image": image, "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion")}
+        return {"image": image, "criu": criu.to_dict(), "docker_version": dk.info().get("ServerVersion"),
+                "platform": dk.versions()}
     finally:
         dk.close()
 

@@ -33,13 +33,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def lab_status(as_json: bool) -> int:
     from migrate import lab
-    from migrate.hostinfo import criu_info
+    from migrate.hostinfo import criu_info, platform_line
     from transport.ssh import SSHHost
     rows = []
     for h in lab.HOSTS:
         st = lab.host_status(h)
         row = {"host": h.name, "address": h.address, "netns": st.netns, "sshd": st.sshd,
-               "dockerd": st.dockerd, "test_image": st.test_image, "criu": None}
+               "dockerd": st.dockerd, "platform": lab.platform_versions(h), "test_image": st.test_image,
+               "criu": None}
         if st.sshd:
             try:
                 with SSHHost(h.name, str(lab.SSH_CONFIG)) as remote:
@@ -56,8 +57,8 @@ def lab_status(as_json: bool) -> int:
         c = r["criu"] or {}
         print(f"{r['host']}  address {r['address']}")
         print(f"  sshd        {'up' if r['sshd'] else 'down'}")
-        print(f"  dockerd     {r['dockerd'] or 'down'}" + ("" if r["test_image"] or not r["dockerd"]
-                                                        else " (test image missing)"))
+        print(f"  dockerd     {platform_line(r['platform']) if r['dockerd'] else 'down'}"
+              + ("" if r["test_image"] or not r["dockerd"] else " (test image missing)"))
         if c:
             print(f"  criu        {c['version'] or 'not installed'}; criu check: {c['check_message']}")
             print(f"  dirty tracking (pre-copy)  {yes(c['dirty_tracking'])}")

@@ -39,6 +39,19 @@ class CriuInfo:
         return asdict(self) | {"modes": self.modes()}
 
 
+def docker_versions(version_answer: dict) -> dict[str, str | None]:
+    """Docker's version and those of the containerd and runc it runs, from the answer of its ``/version``."""
+    found = {c.get("Name", "").lower(): c.get("Version") for c in version_answer.get("Components") or []}
+    return {"docker": version_answer.get("Version"), "containerd": found.get("containerd"),
+            "runc": found.get("runc")}
+
+
+def platform_line(versions: dict) -> str:
+    """'Docker 26.1.5, containerd 1.7.24, runc 1.1.15' from ``docker_versions``."""
+    return ", ".join(f"{name} {versions.get(key) or '?'}"
+                     for key, name in (("docker", "Docker"), ("containerd", "containerd"), ("runc", "runc")))
+
+
 def parse_version(text: str) -> tuple[int, ...] | None:
     m = re.search(r"Version:\s*(\d+(?:\.\d+)*)", text)
     return tuple(int(p) for p in m.group(1).split(".")) if m else None

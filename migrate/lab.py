@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrate.errors import LabError, MigrationError
-from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES
+from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES, docker_versions
 from transport.hosts import LocalHost
 
 LAB_ROOT = Path("/var/lib/cmigrate-lab")     # keys, configs, data-roots, logs
@@ -276,6 +276,12 @@ def _docker_version(h: LabHost) -> str | None:
     return answer.get("Version") if answer else None
 
 
+def platform_versions(h: LabHost) -> dict[str, str | None]:
+    """The host's Docker, and the containerd and runc it runs, as its dockerd reports them (empty when down)."""
+    answer = _docker_get(h, "/version")
+    return docker_versions(answer) if answer else {}
+
+
 # ---------------------------------------------------------------------- test image
 MEMHOG_SOURCE = Path(__file__).parent / "workloads" / "memhog.c"
 FAST_RUNC = Path(__file__).resolve().parent.parent / "agents" / "cmigrate-runc"
@@ -440,11 +446,19 @@ def _start_sshd(h: LabHost) -> None:
     _run(h.nsenter + [SSHD, "-f", str(config), "-E", str(h.state / "sshd.log")])
 
 
+def _daemon_config(h: LabHost) -> Path:
+    """The host's own daemon.json (the machine's /etc/docker/daemon.json is not the lab's business)."""
+    return h.state / "daemon.json"
+
+
 def _start_dockerd(h: LabHost) -> None:
     h.data_root.mkdir(parents=True, exist_ok=True)
     h.exec_root.mkdir(parents=True, exist_ok=True)
+    config = _daemon_config(h)
+    if not config.exists():
+        _write(config, "{}\n")
     argv = h.nsenter + [
-        DOCKERD, "--experimental",
+        DOCKERD, "--experimental", "--config-file", str(config),
         "--data-root", str(h.data_root), "--exec-root", str(h.exec_root),
         "-H", h.docker_url, "--pidfile", str(h.dockerd_pidfile),
         "--bip", h.container_bip, "--default-address-pool", f"base={h.address_pool},size=24",
@@ -461,6 +475,17 @@ def _start_dockerd(h: LabHost) -> None:
                              env=env)
     if res.returncode != 0:
         raise LabError(f"cannot start {h.name}'s dockerd", detail=_log_tail(h.state / "dockerd.log"))
+
+
+def restart_dockerd(name: str, config: dict | None = None) -> None:
+    """Restart a lab host's dockerd with ``config`` as its daemon.json ({} or None: the lab's default), e.g.
+    ``{"features": {"containerd-snapshotter": True}}``; returns once it answers. Its containers stop."""
+    h = host(name)
+    _write(_daemon_config(h), json.dumps(config or {}) + "\n")
+    pid = _read_pid(h.dockerd_pidfile)
+    if pid is not None and _pid_alive(pid):
+        _kill(pid, timeout=30)
+    ensure_dockerd(name)
 
 
 def ensure_dockerd(name: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from migrate.errors import (DumpAborted, Interrupted, MigrationError, PreflightError, RollbackError, TransportError,
                             UsageError)
 from migrate.faults import Injector
+from migrate.hostinfo import platform_line
 from migrate.hosts import agent as agent_on, open_host
 from migrate.names import validate_container, validate_host
 from transport.agent import DEFAULT_AGENT, AgentSession
@@ -52,6 +53,7 @@ class Report:
     migration_id: str
     mode: str = "stop-copy"
     modes: dict[str, list[str]] = field(default_factory=dict)   # what each host supports, from CRIU's checks
+    platform: dict[str, dict] = field(default_factory=dict)   # each host's Docker, containerd and runc versions
     postcopy_seconds: float | None = None   # post-copy: from running on DST until every page had arrived
     precopy: list[dict] = field(default_factory=list)   # pre-copy: per iteration pages, bytes, seconds
     precopy_stop: str | None = None   # why pre-copy stopped iterating
@@ -90,6 +92,8 @@ class Report:
                      f"{self.destination})")
         lines.append(f"  bytes      {self.raw_bytes / mib:.1f} MiB raw, {self.wire_bytes / mib:.1f} MiB on the wire "
                      f"(ratio {self.ratio:.2f})")
+        for host, v in self.platform.items():
+            lines.append(f"  {host:<10} {platform_line(v)}")
         for it in self.precopy:
             lines.append(f"  pre-dump {it['iteration']:<2} {it['pages']:>9} pages {it['bytes'] / mib:8.1f} MiB "
                          f"{it['wire_bytes'] / mib:8.1f} MiB on the wire {it['seconds'] * 1000:7.0f} ms "
@@ -254,6 +258,7 @@ class _Migration:
                             networks=info["networks"], bytes_needed=need,
                             named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64])
         r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
+        r.platform = {self.src_name: info.get("platform") or {}, self.dst_name: pre.get("platform") or {}}
         r.mode = self._choose_mode(info["criu"], pre["criu"])
         if r.mode == "post-copy" and info.get("lazy_pipes_problem"):
             raise PreflightError(f"post-copy is not possible: {info['lazy_pipes_problem']}", host=self.src_name,
