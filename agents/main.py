@@ -1,8 +1,9 @@
 """cmigrate-agent: acts on the host it runs on, driven by framed messages on stdin/stdout.
 
 Protocol: the CLI sends ``hello`` with its version; the agent answers ``hello`` with its own, or an ``error`` and
-exits when they differ. Then each ``call`` (``op`` and ``args``) is answered by any number of ``progress`` messages
-and one ``result`` or ``error``. Logs go to stderr; stdout carries frames only.
+exits when they differ. Then each ``call`` (``id``, ``op`` and ``args``) is answered by any number of ``progress``
+messages and one ``result`` or ``error``, each naming the call's ``id``: an answer can never be taken for another
+call's. Logs go to stderr; stdout carries frames only.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from migrate import __version__
 from migrate.errors import AgentError, MigrationError
 from transport import framing
 
-PROTOCOL = 1
+PROTOCOL = 2   # 2: every call carries an id, and every answer names it
 
 
 class SessionLost(AgentError):
@@ -43,12 +44,13 @@ class FdReader:
 class Channel:
     """What an operation may use to talk back: progress events, and the raw streams for data frames."""
 
-    def __init__(self, stdin, stdout) -> None:
+    def __init__(self, stdin, stdout, call_id: int | None = None) -> None:
         self.stdin = stdin
         self.stdout = stdout
+        self.call_id = call_id
 
     def emit(self, event: dict) -> None:
-        framing.send(self.stdout, {"type": "progress"} | event)
+        framing.send(self.stdout, {"type": "progress"} | event | {"id": self.call_id})
 
 
 Op = Callable[[dict, Channel], object]
@@ -65,11 +67,11 @@ def operations() -> dict[str, Op]:
     }
 
 
-def error_message(exc: BaseException) -> dict:
+def error_message(exc: BaseException, call_id: int | None = None) -> dict:
     if isinstance(exc, MigrationError):
-        return {"type": "error"} | exc.to_dict()
+        return {"type": "error"} | exc.to_dict() | {"id": call_id}
     return {"type": "error", "error": "AgentError", "message": f"agent failed: {type(exc).__name__}: {exc}",
-            "detail": traceback.format_exc(limit=5)}
+            "detail": traceback.format_exc(limit=5), "id": call_id}
 
 
 def serve(stdin, stdout, host_name: str) -> int:
@@ -108,17 +110,19 @@ def _serve(stdin, stdout, host_name: str) -> int:
             return 2
         if msg["type"] == "bye":
             return 0
-        if msg["type"] != "call" or msg.get("op") not in ops:
+        call_id = msg.get("id")
+        if msg["type"] != "call" or msg.get("op") not in ops or not isinstance(call_id, int):
             framing.send(stdout, error_message(AgentError(f"unknown request {msg.get('type')}/{msg.get('op')}",
-                                                          host=host_name)))
+                                                          host=host_name), call_id if isinstance(call_id, int)
+                                               else None))
             continue
         try:
-            value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout))
-            framing.send(stdout, {"type": "result", "value": value})
+            value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id))
+            framing.send(stdout, {"type": "result", "id": call_id, "value": value})
         except Exception as exc:  # every failure goes back to the CLI as a typed error
             if isinstance(exc, MigrationError) and exc.host is None:
                 exc.host = host_name
-            framing.send(stdout, error_message(exc))
+            framing.send(stdout, error_message(exc, call_id))
             if isinstance(exc, SessionLost):
                 return 3
 

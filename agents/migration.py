@@ -24,6 +24,7 @@ from pathlib import Path
 import docker.errors
 import zstandard
 
+from agents import journal as agent_journal
 from agents import link, rootfs
 from agents.checkpoint import (META_DIR, GatedRestore, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                replace_json, restore_from, restore_map_files, this_host)
@@ -795,7 +796,7 @@ def dest_create(args: dict, ch) -> dict:
             _workdir(args["migration_id"], "dst", create=True)
         _journal(_workdir(args["migration_id"], "dst"), role="destination", migration_id=args["migration_id"],
                  container_id=cid, name=name, volumes=PENDING.volumes, state="created",
-                 source=args.get("source"))
+                 source=args.get("source"), **agent_journal.identity())
         # a lease: until the commit, silence from the CLI for io_timeout means it is gone (a cut link shows no
         # end of the session for as long as TCP keeps retrying), and this agent then removes what it made
         _watch_link(ch, args)
@@ -1078,9 +1079,12 @@ def dest_abandon(args: dict, ch) -> dict:
     if journal is not None and journal.get("state") == "committed":
         raise MigrationError("this migration was committed here: its container stays", container=journal["name"])
     if journal is not None:
+        # the agent that made it may still be at work (its CLI lost the session mid-call): it could restore the
+        # container after we removed it, so it goes first
+        stopped = agent_journal.stop_owner(journal)
         PENDING.container_id, PENDING.migration_id = journal["container_id"], args["migration_id"]
         PENDING.volumes = journal.get("volumes") or []
-        return dest_discard()
+        return dest_discard() | {"stopped_agent": stopped}
     shutil.rmtree(work, ignore_errors=True)
     return {"removed": []}
 
@@ -1147,6 +1151,9 @@ def dest_discard(args: dict | None = None, ch=None) -> dict:
             except Exception as exc:   # dockerd down, say: the container may still be there, even run
                 raise RollbackError(f"cannot remove the migration's container here: {exc}",
                                     hint="once dockerd runs again: cmigrate recover <source host>") from exc
+            if dk.exists(PENDING.container_id):   # the source is thawed on this word: make sure of it
+                raise RollbackError("the migration's container is still here after Docker removed it",
+                                    hint="cmigrate recover <source host>")
             for vol in PENDING.volumes:
                 try:
                     dk.api.remove_volume(vol, force=True)

@@ -1,4 +1,8 @@
-"""Start a cmigrate-agent on a host and talk to it: version handshake, then calls answered by typed messages."""
+"""Start a cmigrate-agent on a host and talk to it: version handshake, then calls answered by typed messages.
+
+Every call carries an id and every answer names it. A call whose answer did not arrive (an interrupt, a timeout, a
+lost link, an answer naming another call) leaves the session broken: later calls on it are refused, so that a late
+answer to the interrupted call can never be taken for the answer to a new one. Use a fresh session then."""
 from __future__ import annotations
 
 import os
@@ -14,6 +18,7 @@ from transport.hosts import Host, LocalHost, tail
 
 DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
+PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
 
 
@@ -41,6 +46,9 @@ class AgentSession:
         self._reader = threading.Thread(target=self._drain_stderr, daemon=True)
         self._reader.start()
         self.remote: dict = {}
+        self._next_id = 0
+        self._pending: int | None = None   # the id of the call in flight
+        self.broken: str | None = None     # why this session may carry no more calls
         try:
             self._handshake()
         except BaseException:
@@ -92,7 +100,7 @@ class AgentSession:
             raise self._lost(exc) from exc
 
     def _handshake(self) -> None:
-        self._send({"type": "hello", "version": __version__, "protocol": 1})
+        self._send({"type": "hello", "version": __version__, "protocol": PROTOCOL})
         answer = self._recv()
         if answer["type"] == "error":
             raise _error_from(answer, self.host.name)
@@ -107,21 +115,50 @@ class AgentSession:
 
     def start(self, op: str, **args) -> None:
         """Send a call without waiting for its answer (``wait`` collects it)."""
-        self._send({"type": "call", "op": op, "args": args})
+        if self.broken:
+            raise TransportError(f"the session to the agent cannot be used again: {self.broken}",
+                                 host=self.host.name)
+        if self._pending is not None:   # its answer will come first: the session is out of step for good
+            self.broken = f"call {op} while call {self._pending} still waited for its answer"
+            raise TransportError(f"the session to the agent cannot be used again: {self.broken}",
+                                 host=self.host.name)
+        self._next_id += 1
+        self._pending = self._next_id
+        try:
+            self._send({"type": "call", "id": self._pending, "op": op, "args": args})
+        except BaseException as exc:
+            self._break(exc)
+            raise
 
     def wait(self, progress: Progress | None = None):
         """The answer to the call in flight."""
-        while True:
-            msg = self._recv()
-            if msg["type"] == "progress":
-                if progress:
-                    progress(msg)
-            elif msg["type"] == "result":
-                return msg.get("value")
-            elif msg["type"] == "error":
-                raise _error_from(msg, self.host.name)
-            else:
-                raise framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
+        try:
+            while True:
+                msg = self._recv()
+                self._check_id(msg)
+                if msg["type"] == "progress":
+                    if progress:
+                        progress(msg)
+                elif msg["type"] == "result":
+                    self._pending = None
+                    return msg.get("value")
+                elif msg["type"] == "error":
+                    self._pending = None
+                    raise _error_from(msg, self.host.name)
+                else:
+                    raise framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
+        except BaseException as exc:
+            if self._pending is not None:   # the answer never came: whatever comes later is stale
+                self._break(exc)
+            raise
+
+    def _check_id(self, msg: dict) -> None:
+        if msg.get("id") != self._pending:
+            raise framing.ProtocolError(f"the agent answered call {msg.get('id')} while call {self._pending} was "
+                                        "waiting", host=self.host.name)
+
+    def _break(self, exc: BaseException) -> None:
+        self.broken = self.broken or f"call {self._pending} got no answer ({type(exc).__name__}: {exc})"
 
     def set_timeout(self, seconds: float | None) -> None:
         """Give up on a silent peer after ``seconds`` (over SSH; a local agent cannot lose its link)."""
@@ -139,6 +176,11 @@ class AgentSession:
         watchdog = _Watchdog(self, dest)
         try:
             return self._relay(dest, watchdog, on_bytes)
+        except BaseException as exc:
+            for session in (self, dest):
+                if session._pending is not None:
+                    session._break(exc)
+            raise
         finally:
             watchdog.stop()
 
@@ -163,12 +205,15 @@ class AgentSession:
                         error = dest._lost(exc or "link severed")
                 continue
             msg = framing.decode(payload)
+            self._check_id(msg)
             if msg["type"] == "progress":
                 continue
             if msg["type"] == "result":
                 result = msg.get("value")
+                self._pending = None
             elif msg["type"] == "error":
                 error = error or _error_from(msg, self.host.name)
+                self._pending = None
             else:
                 error = framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
             break

@@ -6,6 +6,8 @@ Faults go in through CMIGRATE_FAULT (migrate/faults.py) at the migration's phase
 host (kill an agent, cut hostB's link) are a hook command run from there. After the CLI has ended, as an operator
 would: the link comes back, and where the CLI said to (or was killed), ``cmigrate recover hostA`` runs. Then:
 
+- while the CLI runs: did the container ever run on both hosts at once (tests/faults/history.py samples both
+  hosts' runc state every ~5 ms; one such sample is ``running-twice``, however the migration ended);
 - where does the container run (exactly one host, or it is ``lost`` / ``running-twice``);
 - does its state go on (memhog's rewrite count never goes back, no fresh start, its memory verifies);
 - is anything left on either host (containers, work dirs, restore maps, CRIU or agent processes).
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrate import lab
+from tests.faults.history import TwiceWatch
 from tests.lab.conftest import RemoteDocker
 
 POINTS = ("prepared", "transfer", "frozen", "restored", "committed")
@@ -69,11 +72,15 @@ class Outcome:
     state_ok: bool = False
     state_note: str = ""
     leftovers: list[str] = field(default_factory=list)
+    history: str = ""           # the sampler's summary
+    both_samples: int = 0       # samples in which the container ran on both hosts at once
 
     @property
     def verdict(self) -> str:
         if "CMIGRATE_FAULT: never reached" in self.error:
             return "not-injected"
+        if self.both_samples:
+            return "running-twice"
         if not self.running_on:
             return "lost"
         if len(self.running_on) > 1:
@@ -88,8 +95,9 @@ class Outcome:
         where = "+".join(self.running_on) or "nowhere"
         extra = f"; recover: {self.recovered}" if self.recovered else ""
         left = f"; left: {', '.join(self.leftovers)}" if self.leftovers else ""
+        both = f"; history: {self.history}" if self.both_samples else ""
         return (f"{self.fault:<18} {self.point:<10} exit {self.exit:>4}  runs on {where:<6} {self.verdict:<13} "
-                f"{self.error[:110]}{extra}{left}")
+                f"{self.error[:110]}{extra}{left}{both}")
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -207,7 +215,9 @@ def run_cell(fault: str, point: str) -> Outcome:
         a("run", "-d", "--name", name, "-e", "CMIGRATE_TEST_FAIL=1" if fault in CRIU_FAULTS else "X=1",
           "busybox", "memhog", str(MIB_TRANSFER if (fault, point) in MID_TRANSFER else MIB), "10")
         before = _gens(a.wait_logs(name, lambda lines: len(_gens(lines)) >= 2))
-        return _migrate_with_fault(a, b, name, fault, point, max(before))
+        watch = TwiceWatch(lab.host("hostA").exec_root, a("inspect", "-f", "{{.Id}}", name).out.strip(),
+                           HOST_B.exec_root)
+        return _migrate_with_fault(a, b, name, fault, point, max(before), watch)
     finally:
         for d in (a, b):
             d("rm", "-f", name, check=False)
@@ -215,7 +225,16 @@ def run_cell(fault: str, point: str) -> Outcome:
 
 
 def _migrate_with_fault(a: RemoteDocker, b: RemoteDocker, name: str, fault: str, point: str,
-                        gen_before: int) -> Outcome:
+                        gen_before: int, watch: TwiceWatch) -> Outcome:
+    with watch:
+        out = _migrate(a, b, name, fault, point, gen_before)
+    if watch.samples < 20 or not watch.src_ran:
+        raise AssertionError(f"the running-twice sampler did not work: {watch.summary()}")
+    out.history, out.both_samples = watch.summary(), watch.both
+    return out
+
+
+def _migrate(a: RemoteDocker, b: RemoteDocker, name: str, fault: str, point: str, gen_before: int) -> Outcome:
     args = ["--io-timeout", "5", name, "hostA", "hostB"]
     if fault in CRIU_FAULTS:
         with _CriuFault("pre-dump" if fault == "criu-dump-fails" else "pre-restore"):
