@@ -221,7 +221,9 @@ def _lab_mounts() -> list[str]:
 
 
 def _link_exists(name: str) -> bool:
-    return Path(f"/sys/class/net/{name}").exists()
+    # the kernel, not /sys/class/net: sysfs shows the links of the network namespace it was mounted in, which
+    # need not be ours (a lab run in a network namespace of its own, as tests/platforms does)
+    return _run(["ip", "-o", "link", "show", "dev", name], check=False).status == 0
 
 
 def _netns_exists(name: str) -> bool:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # new-machine.sh: try the README's install on a NEW Debian machine, and optionally the lab tests there.
 #
-#   tests/platforms/new-machine.sh SUITE [--worktree] [--keep] [-- PYTEST ARGS]
+#   tests/platforms/new-machine.sh SUITE [--worktree] [--keep] [--reuse] [-- PYTEST ARGS]
 #
 # SUITE is a Debian release (bookworm, trixie). The machines this project is built and tested on had their packages
 # installed long ago, so a broken install step stays green there; this script makes a minimal Debian root with
@@ -16,6 +16,7 @@
 # The root is entered with pivot_root in mount and PID namespaces of its own, not chroot: under chroot `ip netns
 # add` fails and CRIU refuses to dump ("mnt: The root task has another root than mntns"). When the script ends,
 # the PID namespace ends and every process started in the root with it. The copy is removed unless --keep.
+# --reuse (for development): take the root a --keep run left, put the project in anew, skip steps 1 and 2.
 # Exit status: 0 when every step passed; 1 otherwise (the step is named on stderr). Lines of the root's output
 # are prefixed with "[SUITE] ".
 set -euo pipefail
@@ -30,13 +31,14 @@ die() { printf 'new-machine: error: %s\n' "$*" >&2; exit 1; }
 suite=${1:-}
 case "$suite" in
     bookworm|trixie) shift ;;
-    *) echo "usage: $0 bookworm|trixie [--worktree] [--keep] [-- PYTEST ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 bookworm|trixie [--worktree] [--keep] [--reuse] [-- PYTEST ARGS]" >&2; exit 2 ;;
 esac
-worktree=0 keep=0 tests=()
+worktree=0 keep=0 reuse=0 tests=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --worktree) worktree=1 ;;
         --keep) keep=1 ;;
+        --reuse) reuse=1 keep=1 ;;
         --) shift; tests=("$@"); break ;;
         *) echo "new-machine: unknown option $1" >&2; exit 2 ;;
     esac
@@ -63,10 +65,15 @@ fi
 
 # ---------------------------------------------------------------- a fresh copy for this run
 root=$work_base/$suite
-if [ -d "$root" ]; then rm -rf --one-file-system "$root"; fi
-mkdir -p "$work_base"
-cp -a "$pristine" "$root"
-rm -f "$root/.cmigrate-debootstrap-complete"
+if [ "$reuse" = 1 ] && [ -x "$root/root/cmigrate/.venv/bin/cmigrate" ]; then
+    say "reusing the installed root at $root"
+else
+    reuse=0
+    if [ -d "$root" ]; then rm -rf --one-file-system "$root"; fi
+    mkdir -p "$work_base"
+    cp -a "$pristine" "$root"
+    rm -f "$root/.cmigrate-debootstrap-complete"
+fi
 cleanup() {
     local rc=$?
     if [ "$keep" = 1 ] || [ "$rc" -ne 0 ]; then
@@ -99,14 +106,18 @@ while IFS= read -r var; do env_args+=("$var"); done < <(env | grep '^PIP_' || tr
 
 # The project: the commit under test, or (--worktree) this working tree's tracked and new files.
 dest=$root/root/cmigrate
+if [ "$reuse" = 1 ]; then   # keep the installed virtualenv, replace the rest
+    find "$dest" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf --one-file-system {} +
+fi
+mkdir -p "$dest"
 if [ "$worktree" = 1 ]; then
-    mkdir -p "$dest"
     (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -x -C "$dest"
     what="the working tree of $repo"
 else
     commit=$(git -C "$repo" rev-parse HEAD)
-    git clone -q --no-hardlinks "$repo" "$dest"
-    git -C "$dest" checkout -q --detach "$commit"
+    git -C "$dest" init -q
+    git -C "$dest" fetch -q "$repo" "$commit"
+    git -C "$dest" checkout -q --detach FETCH_HEAD
     what="commit $commit"
 fi
 say "$suite root at $root with $what"
@@ -136,9 +147,10 @@ in_root() {
         sed -u "s/^/[$suite] /"
 }
 
-say "step 1: ./install.sh on a new $suite machine"
 ms() { echo $(($(date +%s%N) / 1000000)); }
 seconds() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+if [ "$reuse" = 0 ]; then
+say "step 1: ./install.sh on a new $suite machine"
 t0=$(ms)
 in_root bash -c 'cd /root/cmigrate && ./install.sh' || die "step 1: ./install.sh failed on a new $suite machine"
 t1=$(ms)
@@ -150,6 +162,7 @@ t2=$(ms)
 say "step 2: the second run took $(seconds $((t2 - t1))) s"
 [ $((t2 - t1)) -lt $((reinstall_max * 1000)) ] ||
     die "step 2: the second ./install.sh took $(seconds $((t2 - t1))) s (limit ${reinstall_max} s): it redid work"
+fi
 
 if [ "${#tests[@]}" -gt 0 ]; then
     say "step 3: ./test.sh ${tests[*]} (lab and tests in a network namespace of their own)"
