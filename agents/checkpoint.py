@@ -347,6 +347,11 @@ def _check_running(dk: Docker, info: dict) -> None:
         raise RestoreError(f"container {name} stopped right after its restore", container=name)
 
 
+# From "go" at the gate to a running container: CRIU restores the memory (seconds per GiB at worst, through
+# Docker's slow path tens of seconds); past this, something hangs.
+RESTORE_TIMEOUT = 600.0
+
+
 class GatedRestore:
     """A restore begun before its images have arrived, so that Docker's own path to ``runc restore`` (rootfs mount,
     network endpoint, containerd task and shim: ~60 ms here) overlaps the dump and the transfer instead of adding
@@ -421,7 +426,10 @@ class GatedRestore:
             raise
         finally:
             conn.close()
-        self.thread.join()
+        self.thread.join(RESTORE_TIMEOUT)
+        if self.thread.is_alive():   # Docker's restore hangs (CRIU stuck, say): the caller discards the container
+            self._close()
+            raise RestoreError(f"Docker's restore did not end within {RESTORE_TIMEOUT:.0f} s after the gate opened")
         self._close()
         exc = self.error
         if isinstance(exc, DockerError):

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker.errors
@@ -33,6 +34,7 @@ from migrate.errors import (CheckpointError, DockerError, DumpAborted, Migration
                             RestoreError, RollbackError, TransportError)
 from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES, require_criu
 from transport import framing, streams
+from transport.agent import DEFAULT_IO_TIMEOUT
 
 WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory
@@ -188,6 +190,23 @@ def source_send_image(args: dict, ch) -> dict:
         dk.close()
 
 
+def _cut_links_on_failure(op: Callable[[dict, object], dict]) -> Callable[[dict, object], dict]:
+    """A dump or pre-dump that fails cuts the migration's direct links: the destination, which waits on them
+    (at its gate, for images), hears of it at once rather than after its I/O timeout (124 s by default)."""
+    @functools.wraps(op)
+    def cutting(args: dict, ch) -> dict:
+        try:
+            return op(args, ch)
+        except BaseException:
+            for key in (args["migration_id"], args["migration_id"] + "-pages"):
+                conn = LINKS.pop(key, None)
+                if conn is not None:
+                    conn.kill()
+            raise
+    return cutting
+
+
+@_cut_links_on_failure
 def source_dump(args: dict, ch) -> dict:
     """Freeze and dump, then save the writable layer.
 
@@ -282,6 +301,7 @@ def _predump_dir(name: str) -> str:
     return name
 
 
+@_cut_links_on_failure
 def source_predump(args: dict, ch) -> dict:
     """Pre-copy, one iteration while the container runs: CRIU pre-dumps the memory dirtied since the previous
     iteration (all of it the first time) into ``pre-N``, and with ``send`` streams it over the direct link at
@@ -354,8 +374,15 @@ def _external_netns(runc_root: Path, cid: str) -> str:
     return f"external net[{ino}]:extRootNetNS\n"
 
 
+RUNC_TIMEOUT = 600.0   # the longest runc call is a dump of a large container: minutes at worst, never forever
+
+
 def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True, env=env)
+    try:
+        return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True, env=env,
+                              timeout=RUNC_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:   # run() has killed it
+        raise CheckpointError(f"runc {argv[0]} did not end within {RUNC_TIMEOUT:.0f} s", argv=exc.cmd) from exc
 
 
 def _throttled(ch, every: float = 0.5):
@@ -926,7 +953,23 @@ def dest_wait_pages(args: dict, ch) -> dict:
     proc = PENDING.lazy
     if proc is None:
         raise TransportError("no post-copy transfer is running here")
-    proc.wait()
+    stall = float(args.get("io_timeout") or DEFAULT_IO_TIMEOUT)
+    seen, since = _bytes_read(proc.pid), time.monotonic()
+    while proc.poll() is None:   # a daemon that reads nothing more for the I/O timeout has lost its source
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            now = _bytes_read(proc.pid)
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since > stall:
+                proc.kill()
+                proc.wait()
+                proc.stderr.close()
+                PENDING.lazy = None
+                _discard_quietly()   # without its pages it must not run a moment longer
+                raise TransportError(f"no memory page arrived for {stall:g} s during post-copy: the source or "
+                                     "the link is gone") from None
     err = proc.stderr.read().decode(errors="replace").strip()
     proc.stderr.close()
     PENDING.lazy = None

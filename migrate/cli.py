@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from migrate import __version__
 from migrate.errors import Interrupted, MigrationError, UsageError
+from transport.agent import DEFAULT_IO_TIMEOUT
 
 COMMANDS = ("lab", "checkpoint", "start", "bench", "recover")
 
@@ -113,7 +114,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from migrate.recover import recover
-    outcomes = recover(args.host_name, args.container, ssh_config=args.ssh_config)
+    outcomes = recover(args.host_name, args.container, ssh_config=args.ssh_config, io_timeout=args.io_timeout)
     if args.json:
         print(json.dumps([o.__dict__ for o in outcomes], indent=2))
     elif not outcomes:
@@ -140,6 +141,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print((Path(args.out) / "summary.md").read_text())
         print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
     return 0 if all(t.ok for t in trials) else 1
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _common(sub: bool) -> argparse.ArgumentParser:
@@ -199,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="finish or roll back migrations from HOST whose cmigrate was interrupted")
     p.add_argument("host_name", metavar="HOST", help="the source host of the interrupted migration(s)")
     p.add_argument("container", nargs="?", help="only this container's")
+    p.add_argument("--io-timeout", type=_seconds, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
+                   help="count a host that answers nothing for this long as unreachable (default 120)")
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("start", parents=[common], help="start a stopped container from a checkpoint")
@@ -252,7 +266,7 @@ def build_migrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=-1, help="zstd threads (default: all cores)")
     p.add_argument("--keep-source", action="store_true",
                    help="leave the source container stopped with its checkpoint instead of removing it")
-    p.add_argument("--io-timeout", type=float, default=120.0, metavar="SECONDS",
+    p.add_argument("--io-timeout", type=_seconds, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
                    help="give up when a host sends nothing for this long during a transfer (default 120)")
     p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
                    help="stop-copy over the direct link: memory pages straight from the dump into the link "

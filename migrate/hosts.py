@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from migrate.names import validate_host
-from transport.agent import AgentSession
+from transport.agent import DEFAULT_IO_TIMEOUT, AgentSession
 from transport.hosts import Host, LocalHost
 from transport.ssh import SSHHost
 
@@ -33,11 +33,13 @@ def open_host(name: str, ssh_config: str | None = None) -> Host:
 
 
 @contextmanager
-def agent(name: str, ssh_config: str | None = None, agent_path: str | None = None):
-    """An agent session on host ``name``; the SSH connection closes with it."""
+def agent(name: str, ssh_config: str | None = None, agent_path: str | None = None,
+          timeout: float | None = DEFAULT_IO_TIMEOUT):
+    """An agent session on host ``name`` (silent for ``timeout`` seconds: gone); the SSH connection closes with
+    it."""
     host = open_host(name, ssh_config)
     try:
-        with AgentSession(host, agent_path) as session:
+        with AgentSession(host, agent_path, timeout) as session:
             yield session
     finally:
         host.close()

@@ -26,8 +26,8 @@ from migrate.errors import (DumpAborted, Interrupted, MigrationError, PreflightE
 from migrate.faults import Injector
 from migrate.hostinfo import platform_line
 from migrate.hosts import agent as agent_on, open_host
-from migrate.names import validate_container, validate_host
-from transport.agent import DEFAULT_AGENT, AgentSession
+from migrate.names import validate_container, validate_host, validate_timeout
+from transport.agent import DEFAULT_AGENT, DEFAULT_IO_TIMEOUT, AgentSession
 
 Progress = Callable[[dict], None]
 MODES = ("auto", "stop-copy", "pre-copy", "post-copy")
@@ -142,7 +142,7 @@ class PrecopyRule:
 
 def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
-            io_timeout: float = 120.0, progress: Progress | None = None, agent: str | None = None,
+            io_timeout: float = DEFAULT_IO_TIMEOUT, progress: Progress | None = None, agent: str | None = None,
             data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None) -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
@@ -171,6 +171,9 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
     if not 1 <= level <= 19:
         raise UsageError(f"compression level {level} is out of range 1..19")
+    if io_timeout is None:
+        raise UsageError("an I/O timeout is needed: a migration never waits forever on a silent host")
+    validate_timeout(io_timeout)
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
@@ -209,7 +212,7 @@ class _Migration:
     def _open(self, name: str) -> AgentSession:
         host = open_host(name, self.ssh_config)
         self.hosts.append(host)
-        return AgentSession(host, self.agent)
+        return AgentSession(host, self.agent, self.io_timeout)   # bounded from the version handshake on
 
     def run(self) -> Report:
         try:
@@ -241,10 +244,9 @@ class _Migration:
         for f in opening:
             if f.exception():
                 raise f.exception()
-        # no call may wait forever on a link that died silently (agents report progress at least twice a second
-        # during long calls); only post-copy's wait for the last page lifts this
-        for session in (self.src, self.dst):
-            session.set_timeout(self.io_timeout)
+        # no call waits forever on a link that died silently (agents report progress at least twice a second
+        # during long calls): the sessions are bounded by io_timeout from their handshake on; only post-copy's
+        # wait for the last page lifts this (the destination agent bounds that wait itself)
         self.fault.context = {"CMIGRATE_MIGRATION_ID": self.id,
                               "CMIGRATE_SRC_AGENT_PID": str(self.src.remote.get("pid", "")),
                               "CMIGRATE_DST_AGENT_PID": str(self.dst.remote.get("pid", ""))}
@@ -533,7 +535,7 @@ class _Migration:
         self.src.start("source.wait_pages", migration_id=self.id)
         self.dst.set_timeout(None)   # silent until the last page, however long that takes
         try:
-            self.dst.call("dest.wait_pages", migration_id=self.id)
+            self.dst.call("dest.wait_pages", migration_id=self.id, io_timeout=self.io_timeout)
         finally:
             self.dst.set_timeout(self.io_timeout)
             done = self.src.wait(progress=lambda m: on_bytes(m.get("bytes", 0)))
@@ -627,8 +629,7 @@ class _Migration:
             return self._fresh(host_name, op, **args)
 
     def _fresh(self, host_name: str, op: str, **args) -> dict:
-        with agent_on(host_name, self.ssh_config, self.agent) as session:
-            session.set_timeout(self.io_timeout)
+        with agent_on(host_name, self.ssh_config, self.agent, self.io_timeout) as session:
             return session.call(op, **args)
 
     def _finish_after_interrupt(self, exc: BaseException) -> None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from migrate.errors import MigrationError
 from migrate.hosts import agent as agent_on, open_host
-from migrate.names import validate_host
-from transport.agent import AgentSession
+from migrate.names import validate_host, validate_timeout
+from transport.agent import DEFAULT_IO_TIMEOUT, AgentSession
 
 
 @dataclass
@@ -32,16 +32,19 @@ class Outcome:
 
 
 def recover(host: str, container: str | None = None, *, ssh_config: str | None = None,
-            agent: str | None = None) -> list[Outcome]:
+            agent: str | None = None, io_timeout: float = DEFAULT_IO_TIMEOUT) -> list[Outcome]:
+    """Finish or roll back each interrupted migration from (or to) ``host``; a host silent for ``io_timeout``
+    seconds counts as unreachable."""
     validate_host(host)
-    with agent_on(host, ssh_config, agent) as here:
-        outcomes = [_one(here, host, journal, ssh_config, agent)
+    validate_timeout(io_timeout)
+    with agent_on(host, ssh_config, agent, io_timeout) as here:
+        outcomes = [_one(here, host, journal, ssh_config, agent, io_timeout)
                     for journal in here.call("source.pending", container=container)]
-        return outcomes + [_committed_here(here, host, journal, ssh_config, agent)
+        return outcomes + [_committed_here(here, host, journal, ssh_config, agent, io_timeout)
                            for journal in here.call("dest.pending", container=container)]
 
 
-def _committed_here(here: AgentSession, host: str, journal: dict, ssh_config, agent) -> Outcome:
+def _committed_here(here: AgentSession, host: str, journal: dict, ssh_config, agent, io_timeout) -> Outcome:
     """HOST was the destination and committed: once the source holds no journal of that migration (it let go of
     the container), this one's journal goes too."""
     name, mid, src_name = journal["name"], journal["migration_id"], journal["source"]
@@ -51,7 +54,7 @@ def _committed_here(here: AgentSession, host: str, journal: dict, ssh_config, ag
     except MigrationError as exc:
         return out("unresolved", f"{src_name} cannot be reached ({exc.message}); {name} runs on {host}")
     try:
-        with AgentSession(src_host, agent) as src:
+        with AgentSession(src_host, agent, io_timeout) as src:
             if any(j["migration_id"] == mid for j in src.call("source.pending")):
                 return out("in-progress", f"{src_name} still has it: run 'cmigrate recover {src_name}'")
         here.call("dest.forget", migration_id=mid)
@@ -62,7 +65,7 @@ def _committed_here(here: AgentSession, host: str, journal: dict, ssh_config, ag
         src_host.close()
 
 
-def _one(src: AgentSession, host: str, journal: dict, ssh_config, agent) -> Outcome:
+def _one(src: AgentSession, host: str, journal: dict, ssh_config, agent, io_timeout) -> Outcome:
     name, mid, dst_name = journal["name"], journal["migration_id"], journal.get("destination") or "?"
     out = lambda result, detail: Outcome(name, host, dst_name, mid, result, detail)  # noqa: E731
     try:
@@ -74,7 +77,7 @@ def _one(src: AgentSession, host: str, journal: dict, ssh_config, agent) -> Outc
     except MigrationError as exc:
         return out("unresolved", f"{dst_name} cannot be reached ({exc.message}); {name} stays frozen on {host}")
     try:
-        with AgentSession(dst_host, agent) as dst:
+        with AgentSession(dst_host, agent, io_timeout) as dst:
             status = dst.call("dest.status", migration_id=mid)
             if status["committed"]:
                 src.call("source.finish", container_id=journal["container_id"], migration_id=mid, keep=False)

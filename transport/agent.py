@@ -18,6 +18,7 @@ from transport.hosts import Host, LocalHost, tail
 
 DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
+DEFAULT_IO_TIMEOUT = 120.0   # a host that sends nothing for this long is gone (cmigrate --io-timeout)
 PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
 
@@ -32,9 +33,10 @@ def _error_from(message: dict, host: str) -> MigrationError:
 
 
 class AgentSession:
-    """One agent process on ``host``. Use as a context manager; ``call`` runs one operation there."""
+    """One agent process on ``host``. Use as a context manager; ``call`` runs one operation there. ``timeout``:
+    give up on a silent agent after that many seconds, from the version handshake on (None: never)."""
 
-    def __init__(self, host: Host, agent: str | None = None) -> None:
+    def __init__(self, host: Host, agent: str | None = None, timeout: float | None = DEFAULT_IO_TIMEOUT) -> None:
         self.host = host
         agent = agent or os.environ.get("CMIGRATE_AGENT")
         if agent is None and isinstance(host, LocalHost):
@@ -50,6 +52,7 @@ class AgentSession:
         self._pending: int | None = None   # the id of the call in flight
         self.broken: str | None = None     # why this session may carry no more calls
         try:
+            self.set_timeout(timeout)
             self._handshake()
         except BaseException:
             self.close()
@@ -75,6 +78,9 @@ class AgentSession:
         if status == 127:
             return TransportError("cmigrate-agent is not installed", host=self.host.name, status=status,
                                   hint="run ./install.sh on that host", detail=err)
+        if not self.remote and isinstance(exc, TimeoutError):
+            return TransportError(f"the agent did not answer within {self.timeout() or 0:g} s (--io-timeout)",
+                                  host=self.host.name, detail=err)
         if not self.remote:
             return AgentError(f"the agent exited before it answered (exit status {status}): {err or exc}",
                               host=self.host.name, status=status, detail=err,
