@@ -236,7 +236,7 @@ def _splice_all(src: int, dst: int, on_bytes=None) -> int:
 
 
 class Pump:
-    """Post-copy's page link: CRIU's lazy page server (a TCP connection on this host) joined both ways to the
+    """Post-copy's page link: CRIU's lazy page server (our end of a ``CriuSocket``) joined both ways to the
     link, the destination's lazy-pages daemon asking for pages and CRIU answering with them, for as long as it
     takes. Counts the bytes that go out."""
 
@@ -293,23 +293,48 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-class PageRelay:
-    """CRIU's dump sends its memory pages to a "page server": here a one-connection TCP listener on this host's
-    loopback, spliced both ways into the data link, whose far end hands the stream to ``criu page-server`` on the
-    destination. Pages leave this host as they are read from the container, never touching its disk.
+# runc hands CRIU only an address:port for the page server; CRIU is given its end of a socketpair instead
+# (``ps-socket FD`` in its per-run config, the descriptor inherited through runc), so no listener exists that
+# another local process could reach: a loopback port is open to every user and to containers on the host network.
+# runc still needs an address: one where nobody listens and only root could (port 9, below 1024).
+UNUSED_PAGE_SERVER = "127.0.0.1:9"
+CRIU_FD_FLOOR = 64   # above the descriptors runc gives CRIU itself (3: its RPC socket, then status fds)
 
-    (runc passes CRIU only an address:port for the page server; the listener lives only for the dump, accepts
-    one connection and closes. A local process that connected first would only make the dump fail, and the
-    migration roll back.)"""
+
+class CriuSocket:
+    """A socketpair whose one end CRIU inherits (``fd``, for ``ps-socket``) and whose other end (``sock``) this
+    agent joins to the link."""
+
+    def __init__(self) -> None:
+        import fcntl
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = mine
+        self.fd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, CRIU_FD_FLOOR)
+        theirs.close()
+
+    @property
+    def criu_config(self) -> str:
+        return f"ps-socket {self.fd}\n"
+
+    def given(self) -> None:
+        """CRIU's process has its copy: drop ours, so that its end of stream reaches ``sock``."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class PageRelay:
+    """CRIU's dump sends its memory pages to a "page server": here our end of a socketpair CRIU was given,
+    spliced both ways into the data link, whose far end hands the stream to ``criu page-server`` on the
+    destination. Pages leave this host as they are read from the container, never touching its disk, and no
+    other process can reach them (no listener: see ``CriuSocket``)."""
 
     def __init__(self, conn: Link, on_bytes=None) -> None:
         self.link = conn
         self.on_bytes = on_bytes
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(1)
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
-        self.sock: socket.socket | None = None
+        self.criu = CriuSocket()
+        self.address = UNUSED_PAGE_SERVER
+        self.sock: socket.socket = self.criu.sock
         self.error: BaseException | None = None
         self.sent = 0
         conn.relays.append(self)
@@ -317,14 +342,8 @@ class PageRelay:
         self.thread.start()
 
     def _run(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:   # closed: the dump never connected
-            return
-        finally:
-            self.listener.close()
+        sock = self.sock
         sock.setblocking(True)
-        self.sock = sock
         # the page server's answers come back through the link's stdout; that thread ends when the link does
         threading.Thread(target=self._back, args=(sock,), daemon=True).start()
         try:
@@ -350,17 +369,16 @@ class PageRelay:
 
     def finish(self, ok: bool) -> None:
         """After the dump: all pages must have gone into the link (CRIU closed its connection)."""
+        self.criu.given()
         if not ok:
-            self.listener.close()
             return
         self.thread.join(timeout=60)
         if self.thread.is_alive() or self.error is not None:
             raise TransportError(f"the pages did not all reach the link: {self.error or 'relay stuck'}")
 
     def close(self) -> None:
-        self.listener.close()
-        if self.sock is not None:
-            self.sock.close()
+        self.criu.given()
+        self.sock.close()
 
 
 # ---------------------------------------------------------------- on the destination, under sshd

@@ -14,7 +14,6 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -377,10 +376,10 @@ def _external_netns(runc_root: Path, cid: str) -> str:
 RUNC_TIMEOUT = 600.0   # the longest runc call is a dump of a large container: minutes at worst, never forever
 
 
-def _runc(runc_root: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _runc(runc_root: Path, *argv: str, env: dict | None = None, pass_fds=()) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(["runc", "--root", str(runc_root), *argv], capture_output=True, text=True, env=env,
-                              timeout=RUNC_TIMEOUT)
+                              timeout=RUNC_TIMEOUT, pass_fds=pass_fds)
     except subprocess.TimeoutExpired as exc:   # run() has killed it
         raise CheckpointError(f"runc {argv[0]} did not end within {RUNC_TIMEOUT:.0f} s", argv=exc.cmd) from exc
 
@@ -412,13 +411,13 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
     argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
     if parent:   # pre-copy: only what was dirtied since the last pre-dump; CRIU links images/parent to it
         argv += ["--parent-path", f"../{parent}"]
-    env = _criu_env(work, criu_extra)
     relay = None
     try:
         if conn is not None:
             relay = link.PageRelay(conn, on_bytes)
             argv += ["--page-server", relay.address]
-        res = _runc(runc_root, *argv, cid, env=env)
+        env = _criu_env(work, criu_extra + (relay.criu.criu_config if relay is not None else ""))
+        res = _runc(runc_root, *argv, cid, env=env, pass_fds=(relay.criu.fd,) if relay is not None else ())
         if relay is not None:
             relay.finish(ok=res.returncode == 0)
     except BaseException:
@@ -461,12 +460,6 @@ class _LazyDump:
 LAZY: dict[str, _LazyDump] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Link, mid: str,
                            criu_extra: str = "") -> None:
     """Post-copy: freeze, dump everything but the memory contents, then leave CRIU serving the pages. Returns
@@ -474,18 +467,21 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
     images, scratch = work / CHECKPOINT, work / "criu-work"
     images.mkdir(mode=0o700)
     scratch.mkdir(mode=0o700)
-    env = _criu_env(work, criu_extra)
+    criu = link.CriuSocket()   # CRIU serves the pages on it: no listener another process could reach
+    env = _criu_env(work, criu_extra + criu.criu_config)
     res = _runc(runc_root, "pause", cid)
     if res.returncode != 0:
+        criu.given()
+        criu.sock.close()
         raise CheckpointError(f"cannot freeze the container: {res.stderr.strip()[-200:]}")
-    port = _free_port()
     ready_r, ready_w = os.pipe()
     proc = subprocess.Popen(["runc", "--root", str(runc_root), "checkpoint", "--leave-running", "--lazy-pages",
-                             "--page-server", f"127.0.0.1:{port}", "--status-fd", str(ready_w),
+                             "--page-server", link.UNUSED_PAGE_SERVER, "--status-fd", str(ready_w),
                              "--image-path", str(images), "--work-path", str(scratch), cid],
-                            pass_fds=[ready_w], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            pass_fds=[ready_w, criu.fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env)
     os.close(ready_w)
+    criu.given()
     exited = os.pidfd_open(proc.pid)
     try:
         ready, _, _ = select.select([ready_r, exited], [], [], 120)
@@ -500,13 +496,13 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
         err = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
         _runc(runc_root, "resume", cid)
+        criu.sock.close()
         log = scratch / "dump.log"
         first, excerpt = criu_says(log, err or "runc checkpoint --lazy-pages failed")
         raise CheckpointError(f"post-copy checkpoint failed, CRIU says: {first}",
                               detail=excerpt or err)
-    # CRIU now listens for the lazy-pages daemon: join it to the page link
-    sock = socket.create_connection(("127.0.0.1", port))
-    relay = link.Pump(sock, pages)
+    # CRIU now serves the pages on its end of the socketpair: join ours to the page link
+    relay = link.Pump(criu.sock, pages)
     LAZY[mid] = _LazyDump(proc, pages, relay, time.monotonic(), runc_root, cid, scratch / "dump.log")
 
 
