@@ -14,6 +14,7 @@ import os
 import select
 import shutil
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -99,14 +100,16 @@ def create(args: dict, ch) -> dict:
             custom.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
         policy = None if leave_running else dk.set_restart_policy(info["Id"], None)
-        # Freeze first, so that the files saved below belong to the same instant as the memory.
-        dk.pause(info["Id"])
         try:
+            # Freeze first, so that the files saved below belong to the same instant as the memory.
+            dk.pause(info["Id"])
             dk.checkpoint_create(info["Id"], name, str(custom) if custom else None, exit=not leave_running)
-        except DockerError as exc:
+        except BaseException as exc:   # a failed pause too: the container runs on, with its policy back
             _resume_after_failure(dk, info, container, target, policy)
             shutil.rmtree(target, ignore_errors=True)
-            raise _criu_failure(CheckpointError, "checkpoint", exc, container) from exc
+            if isinstance(exc, DockerError):
+                raise _criu_failure(CheckpointError, "checkpoint", exc, container) from exc
+            raise
         try:
             layer = rootfs.save(upper, target / META_DIR / "rootfs.tar")
         except MigrationError:
@@ -246,12 +249,26 @@ def restore_map_files(cid: str) -> RestoreMapFiles:
                            RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
 
 
-def replace_json(path: Path, data, mode: int) -> None:
-    """Write ``path`` as JSON atomically (a temporary file beside it, renamed over it), with ``mode``."""
+def replace_json(path: Path, data, mode: int, durable: bool = False) -> None:
+    """Write ``path`` as JSON atomically (a temporary file beside it, renamed over it), with ``mode``. ``durable``:
+    on disk before this returns (the file's data, then the rename in its directory), so that it survives a power
+    cut: a migration's journal holds its commit point."""
     tmp = path.with_name(path.name + ".cmigrate-tmp")
-    tmp.write_text(json.dumps(data))
-    os.chmod(tmp, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, json.dumps(data).encode())
+        os.fchmod(fd, mode)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
@@ -314,11 +331,28 @@ def _remove_containerd_copy(temp_name: str) -> None:
     never removes it (containerd#10166): a full copy of the images leaked per restore. Ours carry our nonce."""
     for tmp in {os.environ.get("CMIGRATE_CONTAINERD_TMP") or "/tmp", "/tmp"}:
         for leaked in Path(tmp).glob("ctrd-checkpoint*"):
-            try:
-                if (leaked / "cmigrate-nonce").read_text() == temp_name:
-                    shutil.rmtree(leaked, ignore_errors=True)
-            except OSError:
-                continue
+            if _read_root_file(leaked / "cmigrate-nonce", len(temp_name) + 1) == temp_name.encode():
+                shutil.rmtree(leaked, ignore_errors=True)
+
+
+def _read_root_file(path: Path, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of ``path`` if it is a regular file of root's, in a directory of root's; else None.
+    /tmp is everyone's: a FIFO planted there would block a plain open forever, a symlink lead elsewhere."""
+    try:
+        if os.lstat(path.parent).st_uid != 0:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def restore_from(dk: Docker, info: dict, images: Path, lazy_dir: Path | None = None) -> None:

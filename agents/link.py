@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import errno
 import hmac
+import re
 import os
 import secrets
 import select
 import shlex
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -140,7 +142,7 @@ class Link:
             self.proc.stdin.write(MAGIC + token.encode() + b"\n")
             self.proc.stdin.flush()
         except BaseException:
-            self.kill()
+            self.close()   # every pipe: a failed connect leaks none
             raise
 
     def _await_attached(self) -> None:
@@ -160,7 +162,11 @@ class Link:
 
     def _failure(self, what: str) -> TransportError:
         self.kill()
-        err = self.proc.stderr.read().decode(errors="replace").strip().splitlines() if self.proc.stderr else []
+        try:
+            err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+        except (OSError, ValueError):   # read already, and closed
+            err = []
+        self._close_pipes()
         reason = err[-1] if err else f"exit status {self.proc.returncode}"
         return TransportError(f"{what}: {reason}", argv=self.proc.args)
 
@@ -382,8 +388,37 @@ class PageRelay:
 
 
 # ---------------------------------------------------------------- on the destination, under sshd
-def attach(sock_path: str) -> int:
+LINK_SOCKETS = (SOCKET_NAME, "pages.sock")
+MIGRATION_DIR = re.compile(r"[0-9a-f]{1,64}-dst")
+
+
+def attachable(sock_path: str, work_root: Path) -> str | None:
+    """Why ``sock_path`` is not a destination agent's link socket (None if it is): only ``<work root>/<id>-dst/
+    link.sock`` or ``pages.sock``, a socket of root's, reached without a symlink. Anything else (Docker's own
+    socket, say) is refused: whoever may log in to run ``attach`` must not reach other sockets through it."""
+    path = Path(sock_path)
+    if not path.is_absolute() or os.path.normpath(sock_path) != sock_path or path.name not in LINK_SOCKETS \
+            or not MIGRATION_DIR.fullmatch(path.parent.name):
+        return "not a migration's link socket"
+    root = os.path.realpath(work_root)
+    if os.path.realpath(path.parent.parent) != root or \
+            os.path.realpath(path) != os.path.join(root, path.parent.name, path.name):
+        return "not in this host's migration work root"
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return exc.strerror
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != 0:
+        return "not a socket of root's"
+    return None
+
+
+def attach(sock_path: str, work_root: Path) -> int:
     """``cmigrate-agent attach SOCK``: join stdin/stdout (the SSH session) to the destination agent's socket."""
+    refused = attachable(sock_path, work_root)
+    if refused is not None:
+        print(f"cmigrate-agent attach: refused {sock_path}: {refused}", file=sys.stderr)
+        return 1
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(sock_path)

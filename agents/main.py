@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["attach"] and len(argv) == 2:   # the far end of a direct data link (agents/link.py)
         from agents.link import attach
-        return attach(argv[1])
+        from agents.migration import work_root
+        return attach(argv[1], work_root())
     host_name = os.environ.get("CMIGRATE_HOST") or socket.gethostname()
     stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr   # nothing but frames may reach the real stdout

@@ -73,7 +73,7 @@ def _journal(work: Path, **fields) -> None:
     or roll back a migration whose CLI died (the commit point: the destination's ``committed``)."""
     path = work / JOURNAL
     old = json.loads(path.read_text()) if path.exists() else {}
-    replace_json(path, old | fields | {"updated": time.time()}, 0o600)
+    replace_json(path, old | fields | {"updated": time.time()}, 0o600, durable=True)
 
 
 def _read_journal(work: Path) -> dict | None:
@@ -260,17 +260,22 @@ def source_dump(args: dict, ch) -> dict:
             raise CheckpointError("post-copy and pre-copy need the container's runc state on this host (runc "
                                   "runtime)")
         else:
-            # the source must not start a fresh copy when the dump stops it; rollback gives the policy back
+            # the source must not start a fresh copy when the dump stops it; rollback gives the policy back. The
+            # journal has it first: whatever fails from here on (or kills this agent), it is not lost
+            old = dk.inspect(cid)["HostConfig"].get("RestartPolicy") or {"Name": "no"}
+            _journal(work, restart_policy=old)
             policy = dk.set_restart_policy(cid, None)
             t0 = time.time()
             try:
                 dk.pause(cid)   # so that the files saved below belong to the same instant as the memory
                 dk.checkpoint_create(cid, CHECKPOINT, str(work), exit=True)
-            except DockerError as exc:
+                _wait_stopped(dk, cid)
+            except BaseException as exc:
                 _resume_after_failure(dk, info, name, work / CHECKPOINT, policy)
                 shutil.rmtree(work, ignore_errors=True)
-                raise _criu_failure(CheckpointError, "checkpoint", exc, name) from exc
-            _wait_stopped(dk, cid)
+                if isinstance(exc, DockerError):
+                    raise _criu_failure(CheckpointError, "checkpoint", exc, name) from exc
+                raise
         t_dumped = time.time()
         images = work / CHECKPOINT
         layer = rootfs.save(upper, images / META_DIR / "rootfs.tar")
@@ -643,9 +648,9 @@ def source_resume(args: dict, ch) -> dict:
             if res.returncode != 0:
                 raise RollbackError(f"cannot thaw container {info['Name'].lstrip('/')}: {res.stderr.strip()}",
                                     container=cid)
-        else:
-            _resume_after_failure(dk, info, info["Name"].lstrip("/"), work / CHECKPOINT,
-                                  args.get("restart_policy"))
+        else:   # the policy the dump set aside: from the CLI, else from the journal (recover, a lost answer)
+            policy = args.get("restart_policy") or (_read_journal(work) or {}).get("restart_policy")
+            _resume_after_failure(dk, info, info["Name"].lstrip("/"), work / CHECKPOINT, policy)
         shutil.rmtree(work, ignore_errors=True)
         return {"running": dk.inspect(cid)["State"].get("Running", False)}
     finally:

@@ -77,3 +77,43 @@ def test_ssh_argv_quotes_the_remote_command_and_never_prompts(monkeypatch):
     assert argv[0] == "ssh" and "BatchMode=yes" in argv
     assert argv[argv.index("-F") + 1] == "/etc/lab config"
     assert argv[-2:] == ["hostB", "cmigrate-agent attach '/x y/link.sock'"]
+
+
+def test_a_failed_connect_leaks_no_pipe(tmp_path, monkeypatch):
+    # ssh that fails at once, without touching any network: its ProxyCommand exits
+    config = tmp_path / "ssh_config"
+    config.write_text("Host nowhere\n    ProxyCommand false\n")
+    monkeypatch.setenv("CMIGRATE_SSH_CONFIG", str(config))
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(TransportError):
+            link.Link("nowhere", "/nonexistent.sock", "0" * 32, "cmigrate-agent", io_timeout=5)
+    assert set(os.listdir("/proc/self/fd")) - before == set()
+
+
+def test_attach_reaches_only_a_migrations_link_socket(tmp_path):
+    root = tmp_path / "work"
+    mig = root / "0123abcd-dst"
+    mig.mkdir(parents=True)
+    good = link.Listener(mig)
+    assert link.attachable(str(good.path), root) is None
+    pages = link.Listener(mig, "pages.sock")
+    assert link.attachable(str(pages.path), root) is None
+    docker_sock = tmp_path / "docker.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(docker_sock))
+    assert link.attachable(str(docker_sock), root) == "not a migration's link socket"
+    assert link.attachable("/var/run/docker.sock", root) == "not a migration's link socket"
+    assert link.attachable(str(mig / ".." / "0123abcd-dst" / "link.sock"), root) is not None
+    other = tmp_path / "elsewhere" / "0123abcd-dst"
+    other.mkdir(parents=True)
+    elsewhere = link.Listener(other)
+    assert link.attachable(str(elsewhere.path), root) == "not in this host's migration work root"
+    elsewhere.close()
+    sneaky = root / "ffff-dst"
+    sneaky.symlink_to(tmp_path)   # .../ffff-dst/docker.sock is not named like ours, but a link.sock behind it
+    (tmp_path / "link.sock").symlink_to(docker_sock)
+    assert link.attachable(str(sneaky / "link.sock"), root) is not None
+    assert link.attach("/var/run/docker.sock", root) == 1
+    for x in (good, pages, s):
+        x.close()
