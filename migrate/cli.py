@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from migrate import __version__
-from migrate.errors import Interrupted, MigrationError, UsageError
+from migrate.errors import Interrupted, MigrationError, UsageError, printable
 from transport.agent import DEFAULT_IO_TIMEOUT
 
 COMMANDS = ("lab", "checkpoint", "start", "bench", "recover")
@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common(sub=True)
     parser = argparse.ArgumentParser(
         prog="cmigrate", parents=[_common(sub=False)],
-        description="Live-migrate running Docker containers between hosts with CRIU.")
+        description="Live-migrate running Docker containers between hosts with CRIU. The main job: "
+                    "cmigrate [migrate] CONTAINER SOURCE DESTINATION (see: cmigrate migrate --help); 'migrate' is "
+                    "needed only for a container named like a command.")
     parser.add_argument("--version", action="version", version=f"cmigrate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -251,7 +253,7 @@ class Bars:
 def build_migrate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmigrate", parents=[_common(sub=False)],
-        usage="cmigrate [options] CONTAINER SOURCE DESTINATION\n       cmigrate COMMAND ...",
+        usage="cmigrate [options] [migrate] CONTAINER SOURCE DESTINATION\n       cmigrate COMMAND ...",
         description="Live-migrate the running CONTAINER from host SOURCE to host DESTINATION. Hosts are 'local' "
                     "or SSH host names. Other commands: " + ", ".join(COMMANDS) + " (cmigrate COMMAND --help).")
     p.add_argument("--version", action="version", version=f"cmigrate {__version__}")
@@ -316,10 +318,11 @@ VALUE_OPTIONS = {"-H", "--host", "-F", "--ssh-config", "--mode", "--level", "--t
                  "--precopy-min-pages", "--precopy-shrink"}
 
 
-def _positionals(argv: list[str]) -> list[str]:
-    """The words that are not options or option values (to tell ``cmigrate C SRC DST`` from a command)."""
+def _positionals(argv: list[str]) -> list[tuple[int, str]]:
+    """The words that are not options or option values, with their places (to tell ``cmigrate C SRC DST`` from
+    a command)."""
     out, skip = [], False
-    for word in argv:
+    for i, word in enumerate(argv):
         if skip:
             skip = False
         elif word == "--":
@@ -327,15 +330,18 @@ def _positionals(argv: list[str]) -> list[str]:
         elif word.startswith("-"):
             skip = word in VALUE_OPTIONS
         else:
-            out.append(word)
+            out.append((i, word))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    positional = _positionals(argv)
-    is_command = bool(positional) and positional[0] in COMMANDS
-    if not is_command and len(positional) >= 3:
+    places = _positionals(argv)
+    explicit = bool(places) and places[0][1] == "migrate"   # 'cmigrate migrate C SRC DST': any name at all
+    if explicit:
+        del argv[places[0][0]]
+    is_command = not explicit and bool(places) and places[0][1] in COMMANDS
+    if explicit or (not is_command and len(places) >= 3):
         args = build_migrate_parser().parse_args(argv)
         args.func = cmd_migrate
         return _dispatch(args)
@@ -355,7 +361,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(exc.to_dict()))
         print(f"cmigrate: error: {exc.line()}", file=sys.stderr)
         if exc.detail:
-            print("  " + exc.detail.replace("\n", "\n  "), file=sys.stderr)
+            print("  " + printable(exc.detail).replace("\n", "\n  "), file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 130 if isinstance(exc, Interrupted) else 1
     except KeyboardInterrupt:
         print("cmigrate: interrupted", file=sys.stderr)

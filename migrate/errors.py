@@ -17,7 +17,17 @@ message from them; ``detail`` holds extra lines (e.g. the relevant lines of CRIU
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+# C0 controls but tab and newline, DEL, C1 controls: what a terminal would act on (colours, cursor moves, titles)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (from CRIU's log, a remote agent, a container's name)
+    are shown as escapes, never sent."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class MigrationError(Exception):
@@ -33,13 +43,16 @@ class MigrationError(Exception):
         self.status = status
         self.detail = detail
         self.hint = hint
-        super().__init__(self.line())
+        super().__init__(message)
+
+    def __str__(self) -> str:   # built when asked: a hint added later (a rollback's outcome) is part of it
+        return self.line()
 
     def line(self) -> str:
         """The one line the CLI prints."""
         where = f"{self.host}: " if self.host else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{where}{self.message}{hint}"
+        return printable(f"{where}{self.message}{hint}").replace("\n", " ")
 
     def to_dict(self) -> dict:
         return {"error": type(self).__name__, "message": self.message, "host": self.host,

@@ -69,6 +69,8 @@ def decode(payload: bytes) -> dict:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"control message is not valid JSON: {exc}") from exc
+    except RecursionError as exc:   # "[[[[...": nesting deeper than the parser's stack
+        raise ProtocolError("control message is nested too deeply") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("control message is not a JSON object with a type")
     return message

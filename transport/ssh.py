@@ -67,7 +67,7 @@ def resolve(alias: str, config_path: str | None = None) -> HostSpec:
     return HostSpec(
         alias=alias,
         hostname=found.get("hostname", alias),
-        port=int(found.get("port", 22)),
+        port=_port(found.get("port", "22"), f"Port of {alias} in the SSH config"),
         user=found.get("user"),
         identity_files=[os.path.expanduser(p) for p in found.get("identityfile", [])],
         known_hosts_files=[os.path.expanduser(p) for p in known_files],
@@ -92,17 +92,35 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
             hint=f"if that fingerprint is right, accept it with: ssh-keyscan {port}{spec.hostname} >> {files}")
 
 
+def _port(text: str, what: str) -> int:
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        port = 0
+    if not 1 <= port <= 65535:
+        raise TransportError(f"{what} is {text!r}, not a port number (1-65535)")
+    return port
+
+
 def _parse_jump(jump: str) -> tuple[str, str | None, int | None]:
+    """One ProxyJump hop, as OpenSSH reads it: ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``."""
+    original = jump
+    if jump.startswith("ssh://"):
+        jump = jump[len("ssh://"):].rstrip("/")
     user = None
     if "@" in jump:
-        user, jump = jump.split("@", 1)
+        user, jump = jump.rsplit("@", 1)
     port = None
     if jump.startswith("[") and "]:" in jump:
         jump, p = jump[1:].split("]:", 1)
-        port = int(p)
+        port = _port(p, f"the port of ProxyJump {original}")
+    elif jump.startswith("[") and jump.endswith("]"):
+        jump = jump[1:-1]
     elif jump.count(":") == 1:
         jump, p = jump.split(":")
-        port = int(p)
+        port = _port(p, f"the port of ProxyJump {original}")
+    if not jump or (user is not None and not user):
+        raise TransportError(f"ProxyJump {original!r} names no host")
     return jump, user, port
 
 

@@ -406,3 +406,17 @@ def test_second_migration_of_the_same_container_is_refused_while_one_runs(both, 
     res = cmigrate(name, "hostA", "hostB")
     assert res.status == 0, res.err
     assert running(b, name) and absent(a, name)
+
+
+def test_a_container_named_like_a_command_moves_with_migrate(both):
+    a, b = both
+    for name in ("lab", "recover"):
+        a.run_detached("busybox", "sh", "-c", COUNTER, name=name)
+        a.wait_logs(name, lambda lines: len(lines) >= 2)
+        res = cmigrate("migrate", name, "hostA", "hostB")
+        assert res.status == 0, res.err
+        assert running(b, name) and absent(a, name)
+        # hostB's log starts at the move: the count goes on from where it was, without reset or gap
+        lines = b.wait_logs(name, lambda lines: len(lines) >= 2)
+        counts = [int(x) for x in lines]
+        assert counts[0] >= 2 and counts == list(range(counts[0], counts[0] + len(counts))), counts

@@ -15,3 +15,17 @@ def test_criu_version_and_modes():
     info = CriuInfo(version="4.2.1", check_ok=True, uffd=True)
     assert info.modes() == ["stop-copy", "post-copy"]
     assert CriuInfo(version="4.2.1", check_ok=False).modes() == []
+
+
+def test_an_error_line_never_carries_terminal_controls():
+    from migrate.errors import DockerError
+    exc = DockerError("restore failed: \x1b]0;owned\x07\x1b[2J gone\r", host="hostB", detail="x\x1b[31my")
+    assert "\x1b" not in exc.line() and "\x07" not in exc.line() and "\r" not in exc.line()
+    assert "\\x1b]0;owned" in exc.line()
+
+
+def test_str_of_an_error_includes_a_hint_added_later():
+    from migrate.errors import CheckpointError
+    exc = CheckpointError("dump failed", host="hostA")
+    exc.hint = "rolled back: cr runs on hostA again"
+    assert str(exc) == "hostA: dump failed (rolled back: cr runs on hostA again)"

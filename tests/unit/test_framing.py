@@ -61,3 +61,12 @@ def test_agent_of_another_version_is_refused(tmp_path):
     with pytest.raises(AgentError, match="0.0.1") as err:
         AgentSession(LocalHost(), agent=str(fake))
     assert "same cmigrate version" in err.value.hint
+
+
+def test_a_deeply_nested_message_is_a_protocol_error_not_a_crash():
+    payload = b'{"type": "result", "value": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    buf = io.BytesIO()
+    framing.write_frame(buf, framing.JSON, payload)
+    buf.seek(0)
+    with pytest.raises(framing.ProtocolError, match="nested too deeply"):
+        framing.recv(buf)

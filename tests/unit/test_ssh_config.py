@@ -36,3 +36,27 @@ def test_missing_explicit_config_is_an_error(tmp_path):
 ])
 def test_proxy_jump_forms(jump, expected):
     assert _parse_jump(jump) == expected
+
+
+@pytest.mark.parametrize("jump,expected", [
+    ("ssh://u@h:2222", ("h", "u", 2222)),
+    ("ssh://h", ("h", None, None)),
+    ("ssh://u@[::1]:2200", ("::1", "u", 2200)),
+])
+def test_proxy_jump_uri_form(jump, expected):
+    assert _parse_jump(jump) == expected
+
+
+@pytest.mark.parametrize("jump", ["h:ssh", "h:0", "h:70000", "[::1]:x", "u@", "ssh://"])
+def test_bad_proxy_jump_is_a_one_line_error(jump):
+    with pytest.raises(TransportError) as exc:
+        _parse_jump(jump)
+    assert "\n" not in exc.value.line()
+
+
+@pytest.mark.parametrize("port", ["ssh", "0", "99999"])
+def test_bad_port_is_a_one_line_error(tmp_path, port):
+    config = tmp_path / "config"
+    config.write_text(f"Host web\n    Port {port}\n")
+    with pytest.raises(TransportError, match="Port of web in the SSH config is .* not a port number"):
+        resolve("web", str(config))
