@@ -79,7 +79,8 @@ def apply_to_mounted(merged: Path, archive: Path) -> None:
     """Put an archived upper directory's changes into a container whose overlay is already mounted (a restore
     begun before the archive arrived), through the merged view so that overlay records them itself: a whiteout
     deletes, an opaque directory is emptied, everything else is extracted over what the image has."""
-    deletions, opaque, names, dirs = [], [], [], []
+    deletions, opaque, names = [], [], []
+    seen_dirs = {"."}   # an upper directory's archive lists every directory before what is in it
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for member in members:
@@ -88,6 +89,12 @@ def apply_to_mounted(merged: Path, archive: Path) -> None:
                 continue
             if name.startswith("/") or name == ".." or name.startswith("../"):
                 raise RestoreError(f"the writable layer's archive names a path outside the container: {name!r}")
+            if (os.path.dirname(name) or ".") not in seen_dirs:
+                # tar would write it through whatever the image has there: a symlink such as var/run -> /run
+                # leads onto the host
+                raise RestoreError(f"the writable layer's archive names {name!r} before its directory: refused")
+            if member.isdir():
+                seen_dirs.add(name)
             if member.ischr() and member.devmajor == 0 and member.devminor == 0:
                 deletions.append(name)
                 names.append(member.name)

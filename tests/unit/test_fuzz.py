@@ -102,3 +102,49 @@ def test_extractor_never_writes_outside_its_targets(tmp_path_factory, members):
         if path.is_symlink():
             continue
         assert path.resolve().is_relative_to(base / "t"), path
+
+
+# ---------------------------------------------------------------- the writable layer, put in through the overlay
+_PARTS = st.sampled_from(["var", "run", "etc", "x", ".wh.x", "d"])
+_LAYER_MEMBERS = st.lists(st.tuples(st.lists(_PARTS, min_size=1, max_size=3).map("/".join),
+                                    st.sampled_from(["file", "dir", "symlink-out", "whiteout"])),
+                          min_size=1, max_size=8)
+
+
+def _layer_archive(path: Path, members) -> None:
+    with tarfile.open(path, "w") as tf:
+        for name, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            elif kind == "symlink-out":
+                info.type, info.linkname = tarfile.SYMTYPE, "/outside"
+                tf.addfile(info)
+            elif kind == "whiteout":
+                info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 0, 0
+                tf.addfile(info)
+            else:
+                tf.addfile(info, io.BytesIO(b""))
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(_LAYER_MEMBERS)
+def test_the_writable_layer_never_lands_outside_the_container(tmp_path_factory, members):
+    """The merged view has the image's var/run -> (an absolute path outside); GNU tar runs as root into it.
+    Whatever the archive holds, nothing may appear outside, and a refusal is a RestoreError."""
+    from agents import rootfs
+    base = tmp_path_factory.mktemp("layer")
+    outside, merged = base / "outside", base / "merged"
+    outside.mkdir()
+    (merged / "var").mkdir(parents=True)
+    (merged / "var" / "run").symlink_to(outside)
+    (merged / "etc").mkdir()
+    archive = base / "rootfs.tar"
+    _layer_archive(archive, members)
+    try:
+        rootfs.apply_to_mounted(merged, archive)
+    except MigrationError:
+        pass
+    assert list(outside.iterdir()) == [], f"{members} wrote {list(outside.iterdir())} outside the container"
