@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agents import rootfs
+from agents.paths import require_private_dir
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
 from migrate import __version__
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
@@ -41,7 +42,7 @@ def _checkpoint_dir(args: dict) -> Path | None:
     p = Path(d)
     if not p.is_absolute():
         raise UsageError(f"--checkpoint-dir must be an absolute path, got {d!r}")
-    return p
+    return require_private_dir(p, "--checkpoint-dir")
 
 
 def _base(dk: Docker, inspect: dict, custom: Path | None) -> Path:

@@ -26,6 +26,7 @@ import zstandard
 
 from agents import journal as agent_journal
 from agents import link, rootfs
+from agents.paths import require_private_dir
 from agents.checkpoint import (META_DIR, GatedRestore, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                replace_json, restore_from, restore_map_files, this_host)
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
@@ -45,7 +46,7 @@ UNSUPPORTED_MODES = ("container:",)
 def work_root() -> Path:
     """Where migrations keep their files on this host: ``$CMIGRATE_WORK_ROOT`` or beside Docker's own data."""
     if os.environ.get("CMIGRATE_WORK_ROOT"):
-        return Path(os.environ["CMIGRATE_WORK_ROOT"])
+        return require_private_dir(Path(os.environ["CMIGRATE_WORK_ROOT"]), "CMIGRATE_WORK_ROOT")
     dk = Docker()
     try:
         return dk.root_dir / WORK_DIR

@@ -244,3 +244,14 @@ def test_checkpoint_of_a_restart_always_container_is_not_restarted_fresh(docker_
     assert docker_a("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", name).out.strip() == "always"
     assert cmigrate("-H", "hostA", "start", "--checkpoint", "held", name).status == 0
     assert consecutive(docker_a.wait_logs(name, lambda lines: len(lines) >= len(frozen) + 1))
+
+
+def test_a_checkpoint_dir_another_user_owns_is_refused(docker_a, tmp_path):
+    # such a user could put a symlink there (target/cmigrate -> /etc) and have root chmod what it points to
+    name = docker_a.run_detached("busybox", "sh", "-c", COUNTER)
+    cdir = tmp_path / "ck"
+    cdir.mkdir()
+    os.chown(cdir, 65534, 65534)
+    res = cmigrate("-H", "hostA", "checkpoint", "create", "--checkpoint-dir", str(cdir), name, "c1")
+    assert res.status == 1 and "belongs to uid 65534, not root" in res.err.strip().splitlines()[0], res.err
+    assert list(cdir.iterdir()) == [] and docker_a.state(name) == "running"

@@ -1,0 +1,44 @@
+"""Directories an agent (root) may work in when a user names them (``--checkpoint-dir``, ``CMIGRATE_WORK_ROOT``).
+
+Root follows symlinks and chmods paths there; in a directory another user can write to, that user could swap a
+component for a symlink between our check and our use, and turn a checkpoint into a chmod of /etc. So the named
+directory, if it exists, must be root's and writable by nobody else, and so must every directory above it, except
+that a sticky one (/tmp) may be writable by all: there nobody can rename or remove what is root's. The path must
+name no symlink. A directory that does not exist yet is made by the agent, 0700.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from migrate.errors import PreflightError
+
+
+def require_private_dir(path: Path, what: str) -> Path:
+    """``path`` (absolute) if root may trust it as ``what``; PreflightError in one line naming the culprit."""
+    if not path.is_absolute():
+        raise PreflightError(f"{what} {path} is not an absolute path")
+    if os.path.normpath(path) != str(path):
+        raise PreflightError(f"{what} {path} is not a plain path (no '..', '.', '//')")
+    current = Path("/")
+    for part in (path.parts[1:] if len(path.parts) > 1 else []):
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break   # made by us, below a checked parent
+        if stat.S_ISLNK(st.st_mode):
+            raise PreflightError(f"{what} {path} goes through the symlink {current}",
+                                 hint="name the real directory")
+        if not stat.S_ISDIR(st.st_mode):
+            raise PreflightError(f"{what} {path}: {current} is not a directory")
+        last = current == path
+        if st.st_uid != 0:
+            raise PreflightError(f"{what} {path}: {current} belongs to uid {st.st_uid}, not root",
+                                 hint="use a directory of root's that only root can write to")
+        if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+            raise PreflightError(f"{what} {path}: {current} is writable by others "
+                                 f"(mode {stat.S_IMODE(st.st_mode):o})",
+                                 hint="use a directory of root's that only root can write to")
+    return path
