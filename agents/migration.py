@@ -25,7 +25,7 @@ import docker.errors
 import zstandard
 
 from agents import journal as agent_journal
-from agents import link, rootfs
+from agents import link, rootfs, trust
 from agents.paths import require_private_dir
 from agents.checkpoint import (META_DIR, GatedRestore, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                replace_json, restore_from, restore_map_files, this_host)
@@ -745,6 +745,8 @@ def dest_preflight(args: dict, ch) -> dict:
     try:
         dk.require_checkpointing()
         criu = require_criu(this_host())
+        trust.require_trusted(args.get("host_config") or {}, name, args.get("source"),
+                              bool(args.get("allow_privileged")))
         if dk.exists(name):
             raise PreflightError(f"a container named {name} already exists", container=name,
                                  hint="remove or rename it there first")
@@ -807,6 +809,8 @@ def dest_create(args: dict, ch) -> dict:
     config["Image"] = args["image"]
     config["HostConfig"] = dict(args["host_config"])
     name = args["name"]
+    # judged again here: this is what is applied, whatever the preflight was shown
+    trust.require_trusted(config["HostConfig"], name, args.get("source"), bool(args.get("allow_privileged")))
     networks = args.get("networks") or []
     if len(networks) > 1 or (networks and networks[0] not in ("bridge", "host", "none")):
         config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: {}}}

@@ -266,6 +266,10 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                         "pre-copy where both kernels allow it, else stop-copy (never post-copy)")
     p.add_argument("--level", type=int, default=3, help="zstd compression level 1..19 (default 3)")
     p.add_argument("--threads", type=int, default=-1, help="zstd threads (default: all cores)")
+    p.add_argument("--allow-privileged", action="store_true",
+                   help="let DESTINATION apply settings that give the container that host (privileged, devices, "
+                        "binds of / or system paths, host-root capabilities); refused by default, since SOURCE "
+                        "sends them")
     p.add_argument("--keep-source", action="store_true",
                    help="leave the source container stopped with its checkpoint instead of removing it")
     p.add_argument("--io-timeout", type=_seconds, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
@@ -301,7 +305,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                          mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
                          io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
                          precopy=PrecopyRule(args.precopy_iterations, args.precopy_min_pages, args.precopy_shrink),
-                         stream_pages=args.stream_pages)
+                         stream_pages=args.stream_pages, allow_privileged=args.allow_privileged)
     finally:
         bars.close()
     if args.json:

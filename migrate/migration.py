@@ -143,7 +143,8 @@ class PrecopyRule:
 def migrate(container: str, source: str, destination: str, *, ssh_config: str | None = None,
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = DEFAULT_IO_TIMEOUT, progress: Progress | None = None, agent: str | None = None,
-            data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None) -> Report:
+            data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None,
+            allow_privileged: bool = False) -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
@@ -153,6 +154,10 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     into the link, ``never`` dumps them to disk and sends the files after, ``auto`` streams from 64 MiB of memory.
 
     ``precopy``: the stop rule of pre-copy's iterations (:class:`PrecopyRule`; its defaults when None).
+
+    ``allow_privileged``: let the destination apply settings that hand the container that host (privileged,
+    host-root capabilities, devices, binds of / and system paths, host PID/IPC/user namespaces), which it refuses
+    by default: the source host is not trusted with root on the destination.
 
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
@@ -177,6 +182,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
+    m.allow_privileged = allow_privileged
     m.precopy = precopy or PrecopyRule()
     return m.run()
 
@@ -203,6 +209,7 @@ class _Migration:
         self.dst_id: str | None = None
         self.dump: dict = {}
         self.finished = False   # the source let go of the container
+        self.allow_privileged = False
         self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
 
     def phase(self, name: str, t0: float) -> None:
@@ -258,7 +265,9 @@ class _Migration:
         pre = self.dst.call("dest.preflight", name=info["name"], image_id=info["image_id"],
                             image_name=info["image_name"], image_layers=info["image_layers"], binds=info["binds"],
                             networks=info["networks"], bytes_needed=need,
-                            named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64])
+                            named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64],
+                            host_config=info["host_config"], source=self.src_name,
+                            allow_privileged=self.allow_privileged)
         r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
         r.platform = {self.src_name: info.get("platform") or {}, self.dst_name: pre.get("platform") or {}}
         r.mode = self._choose_mode(info["criu"], pre["criu"])
@@ -287,6 +296,7 @@ class _Migration:
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
                                 migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name,
+                                allow_privileged=self.allow_privileged,
                                 arm_restore=True, netns=bool(info.get("runc_state")) and not self.keep_source,
                                 wait_gate=r.mode != "stop-copy" or info["memory_bytes"] < WAIT_GATE_BELOW)
         self.dst_id = r.destination_id = created["id"]

@@ -420,3 +420,17 @@ def test_a_container_named_like_a_command_moves_with_migrate(both):
         lines = b.wait_logs(name, lambda lines: len(lines) >= 2)
         counts = [int(x) for x in lines]
         assert counts[0] >= 2 and counts == list(range(counts[0], counts[0] + len(counts))), counts
+
+
+# (--privileged cannot start here: root lacks CAP_SYS_RESOURCE, which it would grant; tests/unit/test_trust.py)
+@pytest.mark.parametrize("settings,named", [(["--device", "/dev/null:/dev/xnull"], "device /dev/null"),
+                                            (["-v", "/:/host"], "bind of /"),
+                                            (["--cap-add", "SYS_PTRACE"], "capability SYS_PTRACE")])
+def test_settings_that_give_the_container_the_destination_are_refused(both, settings, named):
+    # the source sends the HostConfig: a compromised source would get root on hostB this way
+    a, b = both
+    name = a.run_detached(*settings, "busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 1)
+    res = cmigrate(name, "hostA", "hostB")
+    one_line(res, "hostB", named, "--allow-privileged")
+    assert running(a, name) and absent(b, name) and no_work_left()
