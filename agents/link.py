@@ -115,10 +115,35 @@ class SocketReader:
 
 
 # ---------------------------------------------------------------- source side
-def ssh_argv(target: str, remote: list[str], io_timeout: float | None) -> list[str]:
-    """OpenSSH to ``target`` as this host knows it (``$CMIGRATE_SSH_CONFIG`` or ~/.ssh/config); no prompts."""
+PIN_ALIAS = "cmigrate-destination"
+PINS = Path("/run/cmigrate/pins")
+
+
+def pin_file(pin: dict, name: str) -> Path:
+    """A known_hosts file of one line: the key the CLI verified the destination with, under an alias."""
+    for field, pattern in (("key_type", r"[a-z0-9@.-]{3,64}"), ("key", r"[A-Za-z0-9+/=]{16,8192}")):
+        if not re.fullmatch(pattern, str(pin.get(field, ""))):
+            raise TransportError(f"the destination's host key to pin is malformed ({field})")
+    PINS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = PINS / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{PIN_ALIAS} {pin['key_type']} {pin['key']}\n")
+    return path
+
+
+def ssh_argv(target: str, remote: list[str], io_timeout: float | None, pin: dict | None = None,
+             known_hosts: Path | None = None) -> list[str]:
+    """OpenSSH to ``target`` as this host knows it (``$CMIGRATE_SSH_CONFIG`` or ~/.ssh/config: user, keys, jumps);
+    no prompts. With ``pin`` (what the CLI verified: address, port, host key, the key in the ``known_hosts`` file
+    ``pin_file`` wrote) it goes to that address and accepts only that key, whatever this host's config says."""
     argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT)}",
             "-o", "Compression=no", "-o", "IPQoS=throughput", "-c", CIPHERS]
+    if pin is not None and known_hosts is not None:
+        argv += ["-o", f"HostName={pin['address']}", "-o", f"Port={int(pin['port'])}",
+                 "-o", f"HostKeyAlias={PIN_ALIAS}", "-o", f"UserKnownHostsFile={known_hosts}",
+                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+                 "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no"]
     if io_timeout:
         interval = max(1, int(io_timeout / 3))
         argv += ["-o", f"ServerAliveInterval={interval}", "-o", "ServerAliveCountMax=3"]
@@ -130,9 +155,12 @@ def ssh_argv(target: str, remote: list[str], io_timeout: float | None) -> list[s
 class Link:
     """The source's end: an OpenSSH process whose stdin reaches the destination agent's socket."""
 
-    def __init__(self, target: str, sock_path: str, token: str, agent: str, io_timeout: float | None) -> None:
+    def __init__(self, target: str, sock_path: str, token: str, agent: str, io_timeout: float | None,
+                 pin: dict | None = None) -> None:
         self.target = target
-        self.proc = subprocess.Popen(ssh_argv(target, [agent, "attach", sock_path], io_timeout),
+        self.known_hosts = pin_file(pin, secrets.token_hex(8)) if pin is not None else None
+        self.proc = subprocess.Popen(ssh_argv(target, [agent, "attach", sock_path], io_timeout, pin,
+                                              self.known_hosts),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.relays: list[PageRelay] = []
         for pipe in (self.proc.stdin, self.proc.stdout):
@@ -210,6 +238,8 @@ class Link:
         for relay in self.relays:
             relay.close()
         self._close_pipes()
+        if self.known_hosts is not None:
+            self.known_hosts.unlink(missing_ok=True)
 
 
 def _grow_pipe(fd: int) -> None:

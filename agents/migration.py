@@ -586,7 +586,7 @@ def source_connect(args: dict, ch) -> dict:
     if mid in LINKS:
         LINKS.pop(mid).close()
     LINKS[mid] = link.Link(args["target"], args["socket"], args["token"], args.get("agent") or "cmigrate-agent",
-                           args.get("io_timeout"))
+                           args.get("io_timeout"), args.get("pin"))
     return {"connected": True}
 
 

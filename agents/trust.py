@@ -28,7 +28,8 @@ def dangerous_settings(host_config: dict) -> list[str]:
     found += [f"capability {c}" for c in caps]
     found += [f"device {d.get('PathOnHost')}" for d in host_config.get("Devices") or []]
     found += [f"device rule {r}" for r in host_config.get("DeviceCgroupRules") or []]
-    for mode in ("PidMode", "IpcMode", "UsernsMode", "CgroupnsMode", "UTSMode"):
+    # (not CgroupnsMode: "host" is Docker's default on cgroup v1, and gives no more than a view of the paths)
+    for mode in ("PidMode", "IpcMode", "UsernsMode"):
         if (host_config.get(mode) or "") == "host":
             found.append(f"{mode} host")
     sources = [b.split(":", 1)[0] for b in host_config.get("Binds") or []]

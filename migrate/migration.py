@@ -532,9 +532,12 @@ class _Migration:
     def _connect_args(self, listen: dict, **kind: str) -> dict:
         """source.connect's arguments for the destination's listener ``listen`` (what dest.listen answered): the
         source joins it over its own SSH, running the agent command there."""
+        # the destination as this machine verified it (address and host key): the source's own config may
+        # resolve the name elsewhere, or accept a key it has never seen
+        pin = self.dst.host.pin() if hasattr(self.dst.host, "pin") else None
         return dict(migration_id=self.id, target=self.dst_name, socket=listen["socket"], token=listen["token"],
                     io_timeout=self.io_timeout, agent=self.agent or os.environ.get("CMIGRATE_AGENT") or DEFAULT_AGENT,
-                    **kind)
+                    pin=pin, **kind)
 
     def _wait_pages(self) -> None:
         """Post-copy: the container runs on the destination; its remaining pages arrive on demand and in the

@@ -136,6 +136,13 @@ class SSHHost:
         self._jump: SSHHost | None = None
 
     # ------------------------------------------------------------------ session
+    def pin(self) -> dict:
+        """Where this host was reached and the key it proved itself with, for another host's OpenSSH to reach the
+        same host and nothing else (the direct data link): address, port, key type and base64 key."""
+        key = self.connect().get_transport().get_remote_server_key()
+        return {"address": self.spec.hostname, "port": self.spec.port, "key_type": key.get_name(),
+                "key": key.get_base64()}
+
     def connect(self) -> paramiko.SSHClient:
         if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
             return self._client

@@ -434,3 +434,24 @@ def test_settings_that_give_the_container_the_destination_are_refused(both, sett
     res = cmigrate(name, "hostA", "hostB")
     one_line(res, "hostB", named, "--allow-privileged")
     assert running(a, name) and absent(b, name) and no_work_left()
+
+
+def test_the_direct_link_reaches_the_destination_the_cli_verified(both, tmp_path):
+    """The source's own SSH config names hostB wrongly (hostA's address, no key checking): the direct link still
+    goes to the hostB this machine verified, pinned to its address and host key."""
+    a, b = both
+    good = tmp_path / "ssh_config"
+    good.write_text(lab.SSH_CONFIG.read_text())
+    original = lab.SSH_CONFIG.read_text()   # what the agents use (the lab's sshd sets CMIGRATE_SSH_CONFIG)
+    hijacked = original.replace("HostName 198.18.0.12", "HostName 198.18.0.11\n    StrictHostKeyChecking no")
+    assert hijacked != original
+    name = a.run_detached("busybox", "sh", "-c", COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 2)
+    lab.SSH_CONFIG.write_text(hijacked)
+    try:
+        res = cmigrate("-F", str(good), "--json", "--data-path", "direct", name, "hostA", "hostB")
+    finally:
+        lab.SSH_CONFIG.write_text(original)
+    assert res.status == 0, res.err
+    assert json.loads(res.out)["data_path"] == "direct"
+    assert running(b, name) and absent(a, name)

@@ -117,3 +117,19 @@ def test_attach_reaches_only_a_migrations_link_socket(tmp_path):
     assert link.attach("/var/run/docker.sock", root) == 1
     for x in (good, pages, s):
         x.close()
+
+
+def test_the_direct_link_goes_to_the_address_and_key_the_cli_verified(tmp_path, monkeypatch):
+    monkeypatch.setattr(link, "PINS", tmp_path / "pins")
+    pin = {"address": "198.18.0.12", "port": 2222, "key_type": "ssh-ed25519", "key": "AAAAC3NzaC1lZDI1NTE5AAAAI" + "A" * 43}
+    known = link.pin_file(pin, "m1")
+    assert known.read_text() == f"{link.PIN_ALIAS} ssh-ed25519 {pin['key']}\n"
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    argv = link.ssh_argv("hostB", ["cmigrate-agent", "attach", "/x"], 30, pin, known)
+    opts = [argv[i + 1] for i, w in enumerate(argv) if w == "-o"]
+    for expected in ("HostName=198.18.0.12", "Port=2222", f"HostKeyAlias={link.PIN_ALIAS}",
+                     f"UserKnownHostsFile={known}", "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes"):
+        assert expected in opts
+    assert argv[-2] == "hostB"
+    with pytest.raises(TransportError, match="malformed"):
+        link.pin_file(pin | {"key": "AAAA\nhostX ssh-rsa BBBB"}, "m2")

@@ -7,6 +7,7 @@ from agents.trust import dangerous_settings, require_trusted
 from migrate.errors import PreflightError
 
 ORDINARY = {"Binds": ["/srv/data:/data:ro"], "CapAdd": ["NET_BIND_SERVICE"], "NetworkMode": "bridge",
+            "CgroupnsMode": "host", "IpcMode": "private",   # Docker's defaults on cgroup v1
             "SecurityOpt": ["seccomp=unconfined"], "RestartPolicy": {"Name": "always"}}
 
 
