@@ -150,8 +150,12 @@ def source_inspect(args: dict, ch) -> dict:
                 if users:
                     raise PreflightError(f"volume {m['Name']} is also used by container {users[0]}: it cannot move "
                                          "without it", container=container)
+                size, problem = streams.survey(Path(m["Source"]))
+                if problem:
+                    raise PreflightError(f"volume {m['Name']} cannot be carried: {problem}", container=container,
+                                         hint="only regular files, directories and symlinks move with a volume")
                 volumes.append({"name": m["Name"], "destination": m["Destination"], "source": m["Source"],
-                                "bytes": dir_size(Path(m["Source"]))})
+                                "bytes": size})
         binds = [m["Source"] for m in info.get("Mounts", []) if m["Type"] == "bind"]
         return {
             "id": info["Id"], "name": info["Name"].lstrip("/"), "config": info["Config"], "host_config": hc,
@@ -807,7 +811,7 @@ def dest_create(args: dict, ch) -> dict:
     """Create (not start) the container with the source's configuration, before the freeze."""
     config = dict(args["config"])
     config["Image"] = args["image"]
-    config["HostConfig"] = dict(args["host_config"])
+    config["HostConfig"] = _volumes_without_copy(dict(args["host_config"]), config.get("Volumes") or {})
     name = args["name"]
     # judged again here: this is what is applied, whatever the preflight was shown
     trust.require_trusted(config["HostConfig"], name, args.get("source"), bool(args.get("allow_privileged")))
@@ -849,6 +853,36 @@ def dest_create(args: dict, ch) -> dict:
         return {"id": cid, "volume_sources": mounts, "armed": PENDING.gated is not None, "netns": netns}
     finally:
         dk.close()
+
+
+def _volumes_without_copy(hc: dict, image_volumes: dict) -> dict:
+    """The volumes this container gets here, made empty: Docker would fill a new volume with the image's files at
+    its mount point, and the source's copy of them (changed or deleted, maybe) arrives anyway, onto files that
+    must not be there yet. Named volumes get ``nocopy``; anonymous ones (the image's VOLUME) become explicit
+    anonymous mounts with NoCopy."""
+    binds = []
+    for b in hc.get("Binds") or []:
+        parts = b.split(":")
+        if len(parts) >= 2 and not parts[0].startswith("/"):   # name:/path[:opts]: a named volume
+            opts = [o for o in (parts[2].split(",") if len(parts) > 2 else []) if o]
+            if "nocopy" not in opts:
+                opts.append("nocopy")
+            b = ":".join(parts[:2] + [",".join(opts)])
+        binds.append(b)
+    if binds:
+        hc["Binds"] = binds
+    mounts = []
+    for m in hc.get("Mounts") or []:
+        if m.get("Type") == "volume":
+            m = m | {"VolumeOptions": (m.get("VolumeOptions") or {}) | {"NoCopy": True}}
+        mounts.append(m)
+    taken = {b.split(":")[1] for b in binds if ":" in b} | {m.get("Target") for m in mounts}
+    for target in image_volumes:
+        if target not in taken:
+            mounts.append({"Type": "volume", "Target": target, "VolumeOptions": {"NoCopy": True}})
+    if mounts:
+        hc["Mounts"] = mounts
+    return hc
 
 
 def dest_receive(args: dict, ch) -> dict:

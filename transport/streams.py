@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,30 @@ class Source:
 
     path: Path
     prefix: str
+
+
+def survey(path: Path) -> tuple[int, str | None]:
+    """Bytes in the files below ``path``, and the first thing ``send_tree`` could not send (None if all can): a
+    FIFO, socket or device, or a second name of a file already met (a hard link). For preflight: found after the
+    freeze, it would cost a rollback."""
+    total, seen = 0, set()
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+                if st.st_nlink > 1:
+                    if (st.st_dev, st.st_ino) in seen:
+                        return total, f"{full} is a hard link to another file there"
+                    seen.add((st.st_dev, st.st_ino))
+            elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "device"
+                return total, f"{full} is a {kind}"
+    return total, None
 
 
 def send_tree(sources: list[Source], out: IO[bytes], *, level: int = 3, threads: int = -1,

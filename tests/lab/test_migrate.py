@@ -455,3 +455,47 @@ def test_the_direct_link_reaches_the_destination_the_cli_verified(both, tmp_path
     assert res.status == 0, res.err
     assert json.loads(res.out)["data_path"] == "direct"
     assert running(b, name) and absent(a, name)
+
+
+@pytest.fixture
+def image_with_data(both):
+    """An image with files at a volume's mount point, like nginx's html directory (built offline)."""
+    a, b = both
+    tag = f"cm-voldata-{uuid.uuid4().hex[:6]}:latest"
+    base = a.run_detached("busybox", "sh", "-c", "mkdir -p /data && echo from-image > /data/index.html "
+                          "&& echo image-only > /data/other.html")
+    a("wait", base)
+    a("commit", "--change", "VOLUME /data", base, tag)
+    yield tag
+    for d in (a, b):
+        d("rmi", "-f", tag, check=False)
+
+
+@pytest.mark.parametrize("volume", ["named", "anonymous"])
+def test_volume_over_image_files_moves_as_it_is(both, image_with_data, volume):
+    """Docker fills a new volume with the image's files at its mount point; the destination's must start empty,
+    or the source's own copy (changed: one file edited, one deleted) cannot land on it."""
+    a, b = both
+    vol = f"cmv-{uuid.uuid4().hex[:8]}"
+    args = ["-v", f"{vol}:/data"] if volume == "named" else []
+    name = a.run_detached(*args, image_with_data, "sh", "-c",
+                          "echo changed > /data/index.html && rm /data/other.html && " + COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 2)
+    res = cmigrate(name, "hostA", "hostB")
+    assert res.status == 0, res.err
+    assert b.sh(name, "ls /data; cat /data/index.html").split() == ["index.html", "changed"]
+    for d in (a, b):
+        d("rm", "-f", name, check=False)
+        d("volume", "rm", "-f", vol, check=False)
+
+
+def test_a_volume_holding_a_fifo_is_refused_before_the_freeze(both):
+    a, b = both
+    vol = f"cmv-{uuid.uuid4().hex[:8]}"
+    name = a.run_detached("-v", f"{vol}:/data", "busybox", "sh", "-c", "mkfifo /data/pipe && " + COUNTER)
+    a.wait_logs(name, lambda lines: len(lines) >= 1)
+    res = cmigrate(name, "hostA", "hostB")
+    one_line(res, "hostA", f"volume {vol} cannot be carried", "pipe is a FIFO")
+    assert running(a, name) and absent(b, name)
+    a("rm", "-f", name)
+    a("volume", "rm", "-f", vol, check=False)

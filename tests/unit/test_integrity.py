@@ -66,3 +66,18 @@ def test_a_file_that_differs_from_the_senders_manifest_fails_verification(tmp_pa
     lying = {k: dict(v, sha256="0" * 64) if k.endswith("core-1.img") else v for k, v in manifest.items()}
     with pytest.raises(MigrationError, match="1 corrupted"):
         streams.verify(lying, written)
+
+
+def test_survey_names_what_a_volume_cannot_carry(tmp_path):
+    import os
+    from transport.streams import survey
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "l").symlink_to("../a")
+    assert survey(tmp_path) == (10, None)
+    os.link(tmp_path / "a", tmp_path / "d" / "b")
+    size, problem = survey(tmp_path)
+    assert problem is not None and "hard link" in problem
+    os.unlink(tmp_path / "d" / "b")
+    os.mkfifo(tmp_path / "d" / "p")
+    assert survey(tmp_path)[1].endswith("p is a FIFO")
