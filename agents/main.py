@@ -12,6 +12,7 @@ import resource
 import select
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -54,6 +55,49 @@ class Channel:
 
 
 Op = Callable[[dict, Channel], object]
+KEEPALIVE = 0.25   # seconds between signs of life during a call that has nothing else to say (--io-timeout >= 1)
+
+
+class FrameStream:
+    """stdout shared by an operation and its keepalives: one frame is one ``write``, and writes do not mix."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, data) -> int:
+        with self.lock:
+            return self.stream.write(data)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.stream.flush()
+
+
+class Keepalive:
+    """While a call works (dumps, verifies, restores, saves a layer: phases with nothing to send), a progress
+    event every ``KEEPALIVE`` seconds tells the CLI the agent lives, so that only a silent *host* trips its I/O
+    timeout, never a long phase. Stops before the call's answer is sent."""
+
+    def __init__(self, out: FrameStream, call_id: int) -> None:
+        self.out, self.call_id = out, call_id
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(KEEPALIVE):
+            try:
+                framing.send(self.out, {"type": "progress", "id": self.call_id, "event": "alive"})
+            except (OSError, ValueError):   # the CLI is gone: the call itself finds out
+                return
+
+    def __enter__(self) -> "Keepalive":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def operations() -> dict[str, Op]:
@@ -110,6 +154,8 @@ def _serve(stdin, stdout, host_name: str) -> int:
             return 2
         if msg["type"] == "bye":
             return 0
+        if msg["type"] == "keepalive":   # the CLI lives, between two calls (its lease goes on)
+            continue
         call_id = msg.get("id")
         if msg["type"] != "call" or msg.get("op") not in ops or not isinstance(call_id, int):
             framing.send(stdout, error_message(AgentError(f"unknown request {msg.get('type')}/{msg.get('op')}",
@@ -117,7 +163,8 @@ def _serve(stdin, stdout, host_name: str) -> int:
                                                else None))
             continue
         try:
-            value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id))
+            with Keepalive(stdout, call_id):
+                value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id))
             framing.send(stdout, {"type": "result", "id": call_id, "value": value})
         except Exception as exc:  # every failure goes back to the CLI as a typed error
             if isinstance(exc, MigrationError) and exc.host is None:
@@ -137,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         from agents.migration import work_root
         return attach(argv[1], work_root())
     host_name = os.environ.get("CMIGRATE_HOST") or socket.gethostname()
-    stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    stdout = FrameStream(os.fdopen(os.dup(sys.stdout.fileno()), "wb"))
     sys.stdout = sys.stderr   # nothing but frames may reach the real stdout
     return serve(FdReader(sys.stdin.fileno()), stdout, host_name)
 

@@ -19,6 +19,7 @@ from transport.hosts import Host, LocalHost, tail
 DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
 DEFAULT_IO_TIMEOUT = 120.0   # a host that sends nothing for this long is gone (cmigrate --io-timeout)
+KEEPALIVE = 0.25   # seconds between this end's signs of life to an agent waiting for its next call
 PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
 
@@ -51,12 +52,28 @@ class AgentSession:
         self._next_id = 0
         self._pending: int | None = None   # the id of the call in flight
         self.broken: str | None = None     # why this session may carry no more calls
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
         try:
             self.set_timeout(timeout)
             self._handshake()
         except BaseException:
             self.close()
             raise
+        if timeout is not None:
+            threading.Thread(target=self._keepalive, name="keepalive", daemon=True).start()
+
+    def _keepalive(self) -> None:
+        """An agent between calls counts the CLI's silence against its lease (--io-timeout): while this session
+        has no call in flight, say it lives. Never inside a call, whose stream this would break."""
+        while not self._closed.wait(KEEPALIVE):
+            with self._send_lock:
+                if self._pending is not None or self.broken:
+                    continue
+                try:
+                    framing.send(self.proc.stdin, {"type": "keepalive"})
+                except Exception:  # the link is gone: the next call finds out and says so
+                    return
 
     def _drain_stderr(self) -> None:
         try:
@@ -124,17 +141,18 @@ class AgentSession:
         if self.broken:
             raise TransportError(f"the session to the agent cannot be used again: {self.broken}",
                                  host=self.host.name)
-        if self._pending is not None:   # its answer will come first: the session is out of step for good
-            self.broken = f"call {op} while call {self._pending} still waited for its answer"
-            raise TransportError(f"the session to the agent cannot be used again: {self.broken}",
-                                 host=self.host.name)
-        self._next_id += 1
-        self._pending = self._next_id
-        try:
-            self._send({"type": "call", "id": self._pending, "op": op, "args": args})
-        except BaseException as exc:
-            self._break(exc)
-            raise
+        with self._send_lock:
+            if self._pending is not None:   # its answer will come first: the session is out of step for good
+                self.broken = f"call {op} while call {self._pending} still waited for its answer"
+                raise TransportError(f"the session to the agent cannot be used again: {self.broken}",
+                                     host=self.host.name)
+            self._next_id += 1
+            self._pending = self._next_id
+            try:
+                self._send({"type": "call", "id": self._pending, "op": op, "args": args})
+            except BaseException as exc:
+                self._break(exc)
+                raise
 
     def wait(self, progress: Progress | None = None):
         """The answer to the call in flight."""
@@ -143,7 +161,7 @@ class AgentSession:
                 msg = self._recv()
                 self._check_id(msg)
                 if msg["type"] == "progress":
-                    if progress:
+                    if progress and msg.get("event") != "alive":   # keepalives only feed the timeout
                         progress(msg)
                 elif msg["type"] == "result":
                     self._pending = None
@@ -255,8 +273,13 @@ class AgentSession:
         self.host.close()
 
     def close(self) -> None:
+        self._closed.set()
         try:
-            framing.send(self.proc.stdin, {"type": "bye"})
+            if self._send_lock.acquire(timeout=5):   # a keepalive stuck on a dead link must not hold us
+                try:
+                    framing.send(self.proc.stdin, {"type": "bye"})
+                finally:
+                    self._send_lock.release()
             self.proc.stdin.close()
         except (OSError, ValueError):
             pass

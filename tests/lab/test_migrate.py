@@ -499,3 +499,14 @@ def test_a_volume_holding_a_fifo_is_refused_before_the_freeze(both):
     assert running(a, name) and absent(b, name)
     a("rm", "-f", name)
     a("volume", "rm", "-f", vol, check=False)
+
+
+def test_long_silent_phases_do_not_trip_the_io_timeout(both):
+    """A dump, a layer save, a verify or a restore can each take longer than --io-timeout with nothing to send:
+    the agents' keepalives tell the CLI they live (before, a relay-mode dump of 1 GiB failed at --io-timeout 1
+    as a lost connection)."""
+    a, b = both
+    name = run_memhog(a, 1024)
+    res = cmigrate("--io-timeout", "1", "--data-path", "relay", name, "hostA", "hostB")
+    assert res.status == 0, res.err
+    assert_memory_intact(b, name)
