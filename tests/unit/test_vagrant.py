@@ -65,3 +65,13 @@ def test_keys_script_makes_keys_once_and_pins_every_host(tmp_path):
     lines = (keys / "known_hosts").read_text().splitlines()
     assert [ln.split()[0] for ln in lines] == ["hostA,192.168.56.11", "hostB,192.168.56.12"]
     assert lines[0].split()[2] == (keys / "host_hostA.pub").read_text().split()[1]
+
+
+def test_softdirty_vm_names_no_mirror_and_refuses_an_unknown_suite():
+    script = REPO / "vagrant" / "softdirty-vm.sh"
+    text = script.read_text()
+    assert "://" not in text, "the VM's mirror comes from this machine's apt sources, never from the script"
+    assert "VM_SUITE" in text and "trixie" in text and "mkfs.ext4" in text
+    res = subprocess.run(["bash", str(script), "build"], env={**os.environ, "VM_SUITE": "potato"},
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "VM_SUITE=potato: choose bookworm or trixie" in res.stderr
