@@ -693,13 +693,14 @@ def source_finish(args: dict, ch) -> dict:
 
 def _stop_frozen(dk: Docker, cid: str) -> None:
     """End the frozen source container without letting it run a single instruction: no restart policy, SIGKILL
-    pending, then thaw (the kernel delivers the kill on the way out of the freezer)."""
+    pending in every one of its processes (--all: a kill of init alone would leave the others running until the
+    kernel reaps its namespace), then thaw (the kernel delivers the kills on the way out of the freezer)."""
     info = dk.inspect(cid)
     runc_root = dk.runc_root(info)
     if runc_state(runc_root, cid) != "paused" or info["State"].get("Paused"):
         return
     dk.set_restart_policy(cid, None)
-    _runc(runc_root, "kill", cid, "KILL")
+    _runc(runc_root, "kill", "--all", cid, "KILL")
     _runc(runc_root, "resume", cid)
     _wait_stopped(dk, cid)
 

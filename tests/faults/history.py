@@ -3,9 +3,9 @@ every few milliseconds and counts the samples in which the container runs (not f
 
 The hosts share this machine's files, so the sampler reads runc's own state (``<root>/<id>/state.json``: the init
 pid and its start time, the freezer cgroup) the way ``runc list`` computes a status, without a process per sample:
-a container "runs" when its init process is alive (same start time, not a zombie, not stopped by a tracer) and its
-cgroup is not frozen. On the destination, any container that was not there when sampling began counts; on the
-source, the migrating container. Each sample reads the destination, then the source, then the destination again,
+a container "runs" when its init process is alive (same start time, not a zombie, not stopped by a tracer, no
+SIGKILL pending) and its cgroup is not frozen. On the destination, any container that was not there when sampling
+began counts; on the source, the migrating container. Each sample reads the destination, then the source, then the destination again,
 and counts as "both" only if all three say running: the destination's copy runs over an interval, so that proves
 both ran at the moment the source was read.
 """
@@ -41,8 +41,19 @@ def _frozen(state: dict) -> bool:
         return False
 
 
+def _killed(pid: int) -> bool:
+    """SIGKILL is pending: the task dies on its way back to user mode and runs no instruction of its own (how the
+    source lets go of its frozen copy: kill, then thaw)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            masks = [int(line.split()[1], 16) for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
+    except (OSError, ValueError, IndexError):
+        return True   # gone
+    return any(m & (1 << 8) for m in masks)
+
+
 def runs(state_dir: Path) -> bool:
-    """Does the runc container whose state is in ``state_dir`` run (alive and not frozen)?"""
+    """Does the runc container whose state is in ``state_dir`` run its own code (alive, not frozen, not killed)?"""
     try:
         state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
@@ -52,7 +63,7 @@ def runs(state_dir: Path) -> bool:
         return False
     if int(fields[19]) != int(state.get("init_process_start") or -1):
         return False
-    return not _frozen(state)
+    return not _frozen(state) and not _killed(int(state["init_process_pid"]))
 
 
 def runc_roots(exec_root: Path) -> list[Path]:
