@@ -18,13 +18,10 @@ from collections.abc import Callable
 
 from migrate import __version__
 from migrate.errors import AgentError, MigrationError
+from transport.errors import SessionLost
 from transport import framing
 
 PROTOCOL = 2   # 2: every call carries an id, and every answer names it
-
-
-class SessionLost(AgentError):
-    """The CLI stopped talking mid-operation: this agent cleans up and exits."""
 
 
 class FdReader:
@@ -114,7 +111,8 @@ def operations() -> dict[str, Op]:
 def error_message(exc: BaseException, call_id: int | None = None) -> dict:
     if isinstance(exc, MigrationError):
         return {"type": "error"} | exc.to_dict() | {"id": call_id}
-    return {"type": "error", "error": "AgentError", "message": f"agent failed: {type(exc).__name__}: {exc}",
+    return {"type": "error", "code": AgentError.code, "error": "AgentError",
+            "message": f"agent failed: {type(exc).__name__}: {exc}",
             "detail": traceback.format_exc(limit=5), "id": call_id}
 
 

@@ -35,6 +35,7 @@ from migrate.errors import (CheckpointError, DockerError, DumpAborted, Migration
 from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES, require_criu
 from transport import framing, streams
 from transport.agent import DEFAULT_IO_TIMEOUT
+from transport.errors import SessionLost
 
 WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 IMAGES = "images"          # archive prefix of the checkpoint directory
@@ -1049,7 +1050,6 @@ def _page_server(conn: link.SocketReader, images: Path, cli: int | None, timeout
             # the CLI says nothing during a receive: its session ending (EOF) means it is gone
             ready, _, _ = select.select([exited] + ([cli] if cli is not None else []), [], [], 1.0)
             if cli in ready and not os.read(cli, 1):
-                from agents.main import SessionLost
                 raise SessionLost("the CLI went away while the pages were arriving")
             # a link cut silently (no TCP reset) shows only as pages that stop coming
             now_read = _bytes_read(proc.pid)
@@ -1097,7 +1097,6 @@ def _watch_link(ch, args: dict) -> None:
 
 
 def _link_lost(exc: BaseException) -> bool:
-    from agents.main import SessionLost
     if isinstance(exc, SessionLost):
         _discard_quietly()
         return True

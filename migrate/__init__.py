@@ -1,6 +1,8 @@
 """cmigrate: live-migrate running Docker containers between Linux hosts with CRIU."""
 
-__version__ = "0.1.0"
+from transport.version import __version__
+
+__all__ = ["__version__", "migrate"]
 
 
 def migrate(container: str, source: str, destination: str, **options):

@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from migrate import __version__, errors
-from migrate.errors import AgentError, MigrationError, TransportError
+from transport.errors import AgentError, MigrationError, TransportError, from_wire
+from transport.version import __version__
 from transport import framing
 from transport.hosts import Host, LocalHost, tail
 
@@ -22,15 +22,6 @@ DEFAULT_IO_TIMEOUT = 120.0   # a host that sends nothing for this long is gone (
 KEEPALIVE = 0.25   # seconds between this end's signs of life to an agent waiting for its next call
 PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
-
-
-def _error_from(message: dict, host: str) -> MigrationError:
-    cls = getattr(errors, str(message.get("error")), None)
-    if not (isinstance(cls, type) and issubclass(cls, MigrationError)):
-        cls = AgentError
-    return cls(str(message.get("message", "agent error")), host=message.get("host") or host,
-               container=message.get("container"), argv=message.get("argv"), status=message.get("status"),
-               detail=str(message.get("detail") or ""), hint=str(message.get("hint") or ""))
 
 
 class AgentSession:
@@ -126,7 +117,7 @@ class AgentSession:
         self._send({"type": "hello", "version": __version__, "protocol": PROTOCOL})
         answer = self._recv()
         if answer["type"] == "error":
-            raise _error_from(answer, self.host.name)
+            raise from_wire(answer, self.host.name)
         if answer["type"] != "hello" or answer.get("version") != __version__:
             raise AgentError(f"agent answered version {answer.get('version')}, cmigrate is {__version__}",
                              host=self.host.name, hint="install the same cmigrate version on every host")
@@ -168,7 +159,7 @@ class AgentSession:
                     return msg.get("value")
                 elif msg["type"] == "error":
                     self._pending = None
-                    raise _error_from(msg, self.host.name)
+                    raise from_wire(msg, self.host.name)
                 else:
                     raise framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)
         except BaseException as exc:
@@ -236,7 +227,7 @@ class AgentSession:
                 result = msg.get("value")
                 self._pending = None
             elif msg["type"] == "error":
-                error = error or _error_from(msg, self.host.name)
+                error = error or from_wire(msg, self.host.name)
                 self._pending = None
             else:
                 error = framing.ProtocolError(f"unexpected message {msg['type']!r}", host=self.host.name)

@@ -13,7 +13,7 @@ import json
 import struct
 from typing import IO
 
-from migrate.errors import AgentError
+from transport.errors import AgentError
 
 JSON = b"J"
 DATA = b"D"
@@ -23,6 +23,8 @@ _HEADER = struct.Struct(">cI")
 
 class ProtocolError(AgentError):
     """The other side sent something that is not a valid frame."""
+
+    code = "protocol"
 
 
 def write_frame(stream: IO[bytes], kind: bytes, payload: bytes) -> None:

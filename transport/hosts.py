@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from migrate.errors import TransportError
+from transport.errors import TransportError
 
 
 @dataclass

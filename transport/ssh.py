@@ -18,7 +18,7 @@ from pathlib import Path
 
 import paramiko
 
-from migrate.errors import HostKeyError, TransportError
+from transport.errors import HostKeyError, TransportError
 from transport.hosts import Result, check_result
 
 DEFAULT_CONFIG = "~/.ssh/config"

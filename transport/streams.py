@@ -20,7 +20,7 @@ from typing import IO
 
 import zstandard
 
-from migrate.errors import TransportError
+from transport.errors import TransportError
 from transport import framing
 
 CHUNK = 1 << 20
