@@ -257,9 +257,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
         description="Live-migrate the running CONTAINER from host SOURCE to host DESTINATION. Hosts are 'local' "
                     "or SSH host names. Other commands: " + ", ".join(COMMANDS) + " (cmigrate COMMAND --help).")
     p.add_argument("--version", action="version", version=f"cmigrate {__version__}")
-    p.add_argument("container")
-    p.add_argument("source")
-    p.add_argument("destination")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("source", metavar="SOURCE", help="the host the container runs on")
+    p.add_argument("destination", metavar="DESTINATION", help="the host it goes to")
     p.add_argument("--mode", default="auto", choices=("auto", "stop-copy", "pre-copy", "post-copy"),
                    help="how memory moves: stop-copy (all of it while frozen), post-copy (run on DESTINATION at "
                         "once, fetch memory afterwards), pre-copy (needs soft-dirty tracking); default auto: "
@@ -345,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if explicit:
         del argv[places[0][0]]
     is_command = not explicit and bool(places) and places[0][1] in COMMANDS
-    if explicit or (not is_command and len(places) >= 3):
+    # a first word that is no command is a container: 'cmigrate cr' is a migration missing its two hosts
+    if explicit or (places and not is_command):
         args = build_migrate_parser().parse_args(argv)
         args.func = cmd_migrate
         return _dispatch(args)

@@ -1,0 +1,26 @@
+"""The CLI's grammar as a newcomer meets it: the main job is in --help, and a migration missing its hosts says so."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "migrate.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_help_shows_the_main_job():
+    out = cli("--help").stdout
+    assert "cmigrate [migrate] CONTAINER SOURCE DESTINATION" in out.replace("\n", " ")
+
+
+def test_a_container_without_hosts_is_told_which_are_missing():
+    res = cli("cr")
+    assert res.returncode == 2 and "required: SOURCE, DESTINATION" in res.stderr, res.stderr
+    res = cli("cr", "hostA")
+    assert res.returncode == 2 and "required: DESTINATION" in res.stderr, res.stderr
+
+
+def test_commands_still_parse_as_commands():
+    res = cli("lab", "bogus")
+    assert res.returncode == 2 and "invalid choice: 'bogus'" in res.stderr
