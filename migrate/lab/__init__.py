@@ -286,7 +286,7 @@ def platform_versions(h: LabHost) -> dict[str, str | None]:
 
 # ---------------------------------------------------------------------- test image
 MEMHOG_SOURCE = Path(__file__).parent / "workloads" / "memhog.c"
-FAST_RUNC = Path(__file__).resolve().parent.parent / "agents" / "cmigrate-runc"
+FAST_RUNC = Path(__file__).resolve().parents[2] / "agents" / "cmigrate-runc"
 
 
 def build_memhog(out: Path) -> bytes:
