@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from agents import rootfs
 from agents.paths import require_private_dir
-from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_log_excerpt
+from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_failure, criu_log_excerpt
 from migrate import __version__
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             RollbackError, UsageError)
@@ -72,15 +72,12 @@ def dir_size(path: Path) -> int:
 
 
 def _criu_failure(cls, what: str, exc: DockerError, container: str):
-    """The error to show for a failed dump or restore: CRIU's first error line, the log's relevant lines below."""
+    """A dump or restore Docker ran failed: CRIU's word, from the log Docker's error names (criu_failure)."""
     log, excerpt = criu_log_excerpt(exc.detail or exc.message)
     if not excerpt:
         return cls(f"{what} failed: {exc.message.split(' failed: ', 1)[-1]}", container=container,
                    detail=exc.detail)
-    first = excerpt.splitlines()[0]
-    first = first.split("): ", 1)[-1] if "): " in first else first
-    return cls(f"{what} of {container} failed, CRIU says: {first.strip()}", container=container,
-               detail=f"CRIU log {log}:\n{excerpt}", hint=f"full log: {log}")
+    return criu_failure(cls, f"{what} of {container}", log, exc.message, container=container)
 
 
 # ---------------------------------------------------------------------- create

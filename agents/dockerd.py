@@ -184,6 +184,16 @@ def criu_log_excerpt(message: str, lines: int = 12) -> tuple[str | None, str]:
     return str(path), "\n".join((wanted or text[-lines:])[:lines])
 
 
+def criu_failure(cls, what: str, log: Path | str | None, fallback: str, speaker: str = "CRIU", **fields):
+    """The one way a CRIU failure is told: "<what> failed, CRIU says: <its first error line>", the log's relevant
+    lines as the detail and its path as the hint; ``fallback`` (runc's stderr, an exit status) where the log
+    says nothing. ``speaker`` names the CRIU that spoke ("CRIU's page server")."""
+    first, excerpt = criu_says(Path(log), fallback) if log else (fallback, "")
+    return cls(f"{what} failed, {speaker} says: {first.strip()}",
+               detail=f"CRIU log {log}:\n{excerpt}" if excerpt else fallback,
+               hint=f"full log: {log}" if log and excerpt else "", **fields)
+
+
 def criu_says(log: Path, fallback: str) -> tuple[str, str]:
     """For an error message: CRIU's first error line in ``log`` without its source location (``fallback`` when the
     log has none), and the log's relevant lines."""

@@ -29,7 +29,7 @@ from agents import link, rootfs, trust
 from agents.paths import require_private_dir
 from agents.checkpoint import (META_DIR, GatedRestore, _criu_failure, _lock_down, _resume_after_failure, dir_size,
                                replace_json, restore_from, restore_map_files, this_host)
-from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_says
+from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_failure, criu_says
 from migrate.errors import (CheckpointError, DockerError, DumpAborted, MigrationError, PreflightError,
                             RestoreError, RollbackError, TransportError)
 from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES, require_criu
@@ -338,8 +338,8 @@ def source_predump(args: dict, ch) -> dict:
     res = _runc(runc_root, *argv, cid, env=_criu_env(work))
     seconds = time.monotonic() - t0
     if res.returncode != 0:
-        first, excerpt = criu_says(scratch / "dump.log", res.stderr.strip() or "runc checkpoint --pre-dump failed")
-        raise CheckpointError(f"pre-dump {n} failed, CRIU says: {first}", detail=excerpt)
+        raise criu_failure(CheckpointError, f"pre-dump {n}", scratch / "dump.log",
+                           res.stderr.strip() or "runc checkpoint --pre-dump failed")
     stats = _criu_stats(scratch / "stats-dump")
     shutil.rmtree(scratch, ignore_errors=True)
     result = {"iteration": n, "dir": images.name, "seconds": seconds, "bytes": dir_size(images),
@@ -442,12 +442,11 @@ def _runc_freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | N
         if conn is not None:   # the destination sees the stream end and gives up its half
             conn.close()
         log = scratch / "dump.log"
-        first, excerpt = criu_says(log, res.stderr.strip() or "runc checkpoint failed")
-        if link_error is not None:
+        if link_error is not None:   # the cause is the link; what CRIU made of it goes in brackets
+            first, excerpt = criu_says(log, res.stderr.strip() or "runc checkpoint failed")
             raise TransportError(f"the data link to {peer} broke during the dump ({link_error}; CRIU says: "
                                  f"{first})", detail=excerpt)
-        raise CheckpointError(f"checkpoint failed, CRIU says: {first}",
-                              detail=f"CRIU log {log}:\n{excerpt}" if excerpt else res.stderr.strip())
+        raise criu_failure(CheckpointError, "checkpoint", log, res.stderr.strip() or "runc checkpoint failed")
     shutil.rmtree(scratch, ignore_errors=True)
     return relay.sent if relay is not None else 0
 
@@ -508,10 +507,8 @@ def _runc_freeze_lazy_dump(runc_root: Path, cid: str, work: Path, pages: link.Li
         proc.stderr.close()
         _runc(runc_root, "resume", cid)
         criu.sock.close()
-        log = scratch / "dump.log"
-        first, excerpt = criu_says(log, err or "runc checkpoint --lazy-pages failed")
-        raise CheckpointError(f"post-copy checkpoint failed, CRIU says: {first}",
-                              detail=excerpt or err)
+        raise criu_failure(CheckpointError, "post-copy checkpoint", scratch / "dump.log",
+                           err or "runc checkpoint --lazy-pages failed")
     # CRIU now serves the pages on its end of the socketpair: join ours to the page link
     relay = link.Pump(criu.sock, pages)
     LAZY[mid] = _LazyDump(proc, pages, relay, time.monotonic(), runc_root, cid, scratch / "dump.log")
@@ -552,9 +549,8 @@ def source_wait_pages(args: dict, ch) -> dict:
         lazy.stop()
         LINKS.pop(args["migration_id"] + "-pages", None)
     if lazy.proc.returncode != 0:
-        first, excerpt = criu_says(lazy.log, err or f"exit status {lazy.proc.returncode}")
-        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first}",
-                             detail=excerpt or err)
+        raise criu_failure(TransportError, "the post-copy page transfer", lazy.log,
+                           err or f"exit status {lazy.proc.returncode}")
     return {"seconds": time.monotonic() - lazy.started, "page_bytes": lazy.relay.total}
 
 
@@ -1017,11 +1013,11 @@ def dest_wait_pages(args: dict, ch) -> dict:
     PENDING.lazy = None
     if proc.returncode != 0:
         log = _workdir(args["migration_id"], "dst") / "lazy" / "lazy-pages.log"
-        first, excerpt = criu_says(log, err or f"exit status {proc.returncode}")
+        failure = criu_failure(TransportError, "the post-copy page transfer", log,
+                               err or f"exit status {proc.returncode}")
         # without its pages the container would go on with zeroed memory: it must not run a moment longer
         _discard_quietly()
-        raise TransportError(f"the post-copy page transfer failed, CRIU says: {first}",
-                             detail=excerpt or err)
+        raise failure
     return {"seconds": time.monotonic() - PENDING.lazy_started}
 
 
@@ -1066,9 +1062,8 @@ def _page_server(conn: link.SocketReader, images: Path, cli: int | None, timeout
         proc.stderr.close()
     sock.settimeout(conn.timeout)
     if proc.returncode != 0:
-        first, excerpt = criu_says(log, err.strip() or f"exit status {proc.returncode}")
-        raise RestoreError(f"receiving the memory pages failed, CRIU's page server says: {first}",
-                             detail=excerpt)
+        raise criu_failure(RestoreError, "receiving the memory pages", log,
+                           err.strip() or f"exit status {proc.returncode}", speaker="CRIU's page server")
 
 
 def dest_listen(args: dict, ch) -> dict:

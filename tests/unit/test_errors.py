@@ -29,3 +29,18 @@ def test_str_of_an_error_includes_a_hint_added_later():
     exc = CheckpointError("dump failed", host="hostA")
     exc.hint = "rolled back: cr runs on hostA again"
     assert str(exc) == "hostA: dump failed (rolled back: cr runs on hostA again)"
+
+
+def test_one_writer_of_criu_failures(tmp_path):
+    from agents.dockerd import criu_failure
+    from migrate.errors import CheckpointError, RestoreError
+    log = tmp_path / "dump.log"
+    log.write_text("(00.1) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\n"
+                   "(00.2) Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks!\n")
+    exc = criu_failure(CheckpointError, "checkpoint of cr", log, "runc failed", container="cr")
+    assert exc.message == "checkpoint of cr failed, CRIU says: Some file locks are hold by dumping tasks!"
+    assert exc.hint == f"full log: {log}" and "file-lock.c:110" in exc.detail and exc.container == "cr"
+    quiet = criu_failure(RestoreError, "receiving the memory pages", tmp_path / "none.log", "exit status 1",
+                         speaker="CRIU's page server")
+    assert quiet.message == "receiving the memory pages failed, CRIU's page server says: exit status 1"
+    assert quiet.hint == ""
