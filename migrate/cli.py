@@ -14,7 +14,6 @@ from migrate import __version__
 from migrate.errors import Interrupted, MigrationError, UsageError, printable
 from transport.agent import DEFAULT_IO_TIMEOUT
 
-COMMANDS = ("lab", "checkpoint", "start", "bench", "recover")
 
 
 def _say(quiet: bool):
@@ -255,7 +254,7 @@ def build_migrate_parser() -> argparse.ArgumentParser:
         prog="cmigrate", parents=[_common(sub=False)],
         usage="cmigrate [options] [migrate] CONTAINER SOURCE DESTINATION\n       cmigrate COMMAND ...",
         description="Live-migrate the running CONTAINER from host SOURCE to host DESTINATION. Hosts are 'local' "
-                    "or SSH host names. Other commands: " + ", ".join(COMMANDS) + " (cmigrate COMMAND --help).")
+                    "or SSH host names. Other commands: see cmigrate --help.")
     p.add_argument("--version", action="version", version=f"cmigrate {__version__}")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("source", metavar="SOURCE", help="the host the container runs on")
@@ -317,14 +316,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-VALUE_OPTIONS = {"-H", "--host", "-F", "--ssh-config", "--mode", "--level", "--threads", "--io-timeout",
-                 "--data-path", "--stream-pages", "--checkpoint-dir", "--checkpoint", "--precopy-iterations",
-                 "--precopy-min-pages", "--precopy-shrink"}
+def _grammar(*parsers: argparse.ArgumentParser) -> tuple[set[str], tuple[str, ...]]:
+    """What argparse itself knows, for the one decision it cannot make (is the first word a command or a
+    container?): the options that take a value, in every parser and subcommand, and the command names."""
+    takes_value, commands, todo = set(), (), list(parsers)
+    while todo:
+        parser = todo.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands = commands or tuple(action.choices)
+                todo.extend(action.choices.values())
+            elif action.option_strings and action.nargs != 0:
+                takes_value.update(action.option_strings)
+    return takes_value, commands
 
 
-def _positionals(argv: list[str]) -> list[tuple[int, str]]:
-    """The words that are not options or option values, with their places (to tell ``cmigrate C SRC DST`` from
-    a command)."""
+def _positionals(argv: list[str], takes_value: set[str]) -> list[tuple[int, str]]:
+    """The words that are not options or option values, with their places."""
     out, skip = [], False
     for i, word in enumerate(argv):
         if skip:
@@ -332,7 +340,7 @@ def _positionals(argv: list[str]) -> list[tuple[int, str]]:
         elif word == "--":
             continue
         elif word.startswith("-"):
-            skip = word in VALUE_OPTIONS
+            skip = word in takes_value
         else:
             out.append((i, word))
     return out
@@ -340,17 +348,17 @@ def _positionals(argv: list[str]) -> list[tuple[int, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    places = _positionals(argv)
+    parser, migrate_parser = build_parser(), build_migrate_parser()
+    takes_value, commands = _grammar(parser, migrate_parser)
+    places = _positionals(argv, takes_value)
     explicit = bool(places) and places[0][1] == "migrate"   # 'cmigrate migrate C SRC DST': any name at all
     if explicit:
         del argv[places[0][0]]
-    is_command = not explicit and bool(places) and places[0][1] in COMMANDS
     # a first word that is no command is a container: 'cmigrate cr' is a migration missing its two hosts
-    if explicit or (places and not is_command):
-        args = build_migrate_parser().parse_args(argv)
+    if explicit or (places and places[0][1] not in commands):
+        args = migrate_parser.parse_args(argv)
         args.func = cmd_migrate
         return _dispatch(args)
-    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_usage(sys.stderr)

@@ -24,3 +24,13 @@ def test_a_container_without_hosts_is_told_which_are_missing():
 def test_commands_still_parse_as_commands():
     res = cli("lab", "bogus")
     assert res.returncode == 2 and "invalid choice: 'bogus'" in res.stderr
+
+
+def test_the_grammar_comes_from_argparse_alone():
+    from migrate import cli
+    takes_value, commands = cli._grammar(cli.build_parser(), cli.build_migrate_parser())
+    assert set(commands) == {"lab", "checkpoint", "start", "bench", "recover"}
+    assert {"-H", "--host", "-F", "--mode", "--io-timeout", "--checkpoint-dir", "--precopy-shrink"} <= takes_value
+    assert not {"--json", "-q", "--keep-source", "--allow-privileged", "--leave-running"} & takes_value
+    argv = ["--mode", "post-copy", "-H", "x", "--json", "cr", "hostA", "hostB"]
+    assert [w for _, w in cli._positionals(argv, takes_value)] == ["cr", "hostA", "hostB"]
