@@ -76,8 +76,8 @@ class Keepalive:
     event every ``KEEPALIVE`` seconds tells the CLI the agent lives, so that only a silent *host* trips its I/O
     timeout, never a long phase. Stops before the call's answer is sent."""
 
-    def __init__(self, out: FrameStream, call_id: int) -> None:
-        self.out, self.call_id = out, call_id
+    def __init__(self, out: FrameStream, call_id: int, enabled: bool = True) -> None:
+        self.out, self.call_id, self.enabled = out, call_id, enabled
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
 
@@ -89,12 +89,14 @@ class Keepalive:
                 return
 
     def __enter__(self) -> "Keepalive":
-        self.thread.start()
+        if self.enabled:
+            self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.done.set()
-        self.thread.join()
+        if self.enabled:
+            self.thread.join()
 
 
 def operations() -> dict[str, Op]:
@@ -161,7 +163,7 @@ def _serve(stdin, stdout, host_name: str) -> int:
                                                else None))
             continue
         try:
-            with Keepalive(stdout, call_id):
+            with Keepalive(stdout, call_id, enabled=msg.get("keepalive", True) is not False):
                 value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id))
             framing.send(stdout, {"type": "result", "id": call_id, "value": value})
         except Exception as exc:  # every failure goes back to the CLI as a typed error

@@ -127,8 +127,9 @@ class AgentSession:
         self.start(op, **args)
         return self.wait(progress)
 
-    def start(self, op: str, **args) -> None:
-        """Send a call without waiting for its answer (``wait`` collects it)."""
+    def start(self, op: str, *, keepalive: bool = True, **args) -> None:
+        """Send a call without waiting for its answer (``wait`` collects it). ``keepalive=False``: the agent sends
+        no signs of life during it (a call this end will not read until it ends, whose output would pile up)."""
         if self.broken:
             raise TransportError(f"the session to the agent cannot be used again: {self.broken}",
                                  host=self.host.name)
@@ -140,7 +141,7 @@ class AgentSession:
             self._next_id += 1
             self._pending = self._next_id
             try:
-                self._send({"type": "call", "id": self._pending, "op": op, "args": args})
+                self._send({"type": "call", "id": self._pending, "op": op, "args": args, "keepalive": keepalive})
             except BaseException as exc:
                 self._break(exc)
                 raise
@@ -186,7 +187,7 @@ class AgentSession:
         """Run ``op`` here and ``dest_op`` on ``dest``, forwarding this agent's data frames to ``dest`` as they
         come, untouched. The stream ends with an ``end`` message carrying this side's result (its manifest), or
         ``abort``. Returns (this side's result, dest's result)."""
-        dest.start(dest_op, **dest_args)
+        dest.start(dest_op, keepalive=False, **dest_args)   # not read until the stream has gone
         self.start(op, **args)
         watchdog = _Watchdog(self, dest)
         try:
