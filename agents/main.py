@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from migrate import __version__
 from migrate.errors import AgentError, MigrationError
+from transport.agent import KEEPALIVE   # one interval for both ends' signs of life
 from transport.errors import SessionLost
 from transport import framing
 
@@ -52,7 +53,6 @@ class Channel:
 
 
 Op = Callable[[dict, Channel], object]
-KEEPALIVE = 0.25   # seconds between signs of life during a call that has nothing else to say (--io-timeout >= 1)
 
 
 class FrameStream:

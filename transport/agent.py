@@ -19,7 +19,7 @@ from transport.hosts import Host, LocalHost, tail
 DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
 DEFAULT_IO_TIMEOUT = 120.0   # a host that sends nothing for this long is gone (cmigrate --io-timeout)
-KEEPALIVE = 0.25   # seconds between this end's signs of life to an agent waiting for its next call
+KEEPALIVE = 0.25   # seconds between signs of life: the CLI's between calls, an agent's during a call
 PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
 
