@@ -125,6 +125,10 @@ def pin_file(pin: dict, name: str) -> Path:
         if not re.fullmatch(pattern, str(pin.get(field, ""))):
             raise TransportError(f"the destination's host key to pin is malformed ({field})")
     PINS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for old in PINS.iterdir():   # left by agents that were killed (a fault, a lost session): theirs only
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            old.unlink(missing_ok=True)
     path = PINS / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -158,7 +162,7 @@ class Link:
     def __init__(self, target: str, sock_path: str, token: str, agent: str, io_timeout: float | None,
                  pin: dict | None = None) -> None:
         self.target = target
-        self.known_hosts = pin_file(pin, secrets.token_hex(8)) if pin is not None else None
+        self.known_hosts = pin_file(pin, f"{os.getpid()}-{secrets.token_hex(8)}") if pin is not None else None
         self.proc = subprocess.Popen(ssh_argv(target, [agent, "attach", sock_path], io_timeout, pin,
                                               self.known_hosts),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -206,7 +206,7 @@ def _cut_links_on_failure(op: Callable[[dict, object], dict]) -> Callable[[dict,
             for key in (args["migration_id"], args["migration_id"] + "-pages"):
                 conn = LINKS.pop(key, None)
                 if conn is not None:
-                    conn.kill()
+                    conn.close()   # every pipe, and its pinned known_hosts file
             raise
     return cutting
 

@@ -133,3 +133,7 @@ def test_the_direct_link_goes_to_the_address_and_key_the_cli_verified(tmp_path, 
     assert argv[-2] == "hostB"
     with pytest.raises(TransportError, match="malformed"):
         link.pin_file(pin | {"key": "AAAA\nhostX ssh-rsa BBBB"}, "m2")
+    stale = tmp_path / "pins" / "999999999-0123"   # an agent that died without removing its own
+    stale.write_text("x")
+    mine = link.pin_file(pin, f"{os.getpid()}-m3")
+    assert not stale.exists() and mine.exists() and known.exists()
