@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agents import rootfs
-from agents.paths import require_private_dir
+from agents.paths import replace_json, require_private_dir
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_failure, criu_log_excerpt
 from migrate import __version__
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
@@ -97,22 +97,12 @@ def create(args: dict, ch) -> dict:
         if custom:
             custom.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
-        policy = None if leave_running else dk.set_restart_policy(info["Id"], None)
-        try:
-            # Freeze first, so that the files saved below belong to the same instant as the memory.
-            dk.pause(info["Id"])
-            dk.checkpoint_create(info["Id"], name, str(custom) if custom else None, exit=not leave_running)
-        except BaseException as exc:   # a failed pause too: the container runs on, with its policy back
-            _resume_after_failure(dk, info, container, target, policy)
-            shutil.rmtree(target, ignore_errors=True)
-            if isinstance(exc, DockerError):
-                raise _criu_failure(CheckpointError, "checkpoint", exc, container) from exc
-            raise
+        policy = docker_dump(dk, info, container, name, custom, target, exit=not leave_running)
         try:
             layer = rootfs.save(upper, target / META_DIR / "rootfs.tar")
         except MigrationError:
             # files untouched: the images still fit them
-            _resume_after_failure(dk, info, container, target, policy)
+            resume_after_failure(dk, info, container, target, policy)
             shutil.rmtree(target, ignore_errors=True)
             raise
         if leave_running:
@@ -124,14 +114,41 @@ def create(args: dict, ch) -> dict:
                 "container_id": info["Id"], "image": info["Config"]["Image"], "created": time.time(),
                 "leave_running": leave_running, "tty": bool(info["Config"].get("Tty")), "rootfs": layer}
         (target / META_DIR / "meta.json").write_text(json.dumps(meta, indent=1))
-        _lock_down(target)
+        lock_down(target)
         return {"name": name, "dir": str(target), "bytes": dir_size(target), "frozen_seconds": frozen,
                 "running": leave_running}
     finally:
         dk.close()
 
 
-def _lock_down(target: Path) -> None:
+def docker_dump(dk: Docker, info: dict, container: str, name: str, checkpoint_dir: Path | None, target: Path,
+                exit: bool, on_policy=None) -> dict | None:
+    """Docker's own checkpoint ``name`` (into ``checkpoint_dir``, else the container's; it lands in ``target``),
+    frozen first, so that the files saved after it belong to the same instant as the memory. With ``exit`` the
+    container stops, and may not be started afresh meanwhile: its restart policy is set aside (``on_policy`` hears
+    of it first, for a journal) and returned. On failure the container runs on, with its policy back, and
+    ``target`` is gone."""
+    policy = None
+    if exit:
+        old = dk.inspect(info["Id"])["HostConfig"].get("RestartPolicy") or {"Name": "no"}
+        if on_policy is not None:
+            on_policy(old)
+        policy = dk.set_restart_policy(info["Id"], None)
+    try:
+        dk.pause(info["Id"])
+        dk.checkpoint_create(info["Id"], name, str(checkpoint_dir) if checkpoint_dir else None, exit=exit)
+        if exit:
+            dk.wait_stopped(info["Id"])
+    except BaseException as exc:   # a failed pause too
+        resume_after_failure(dk, info, container, target, policy)
+        shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, DockerError):
+            raise _criu_failure(CheckpointError, "checkpoint", exc, container) from exc
+        raise
+    return policy
+
+
+def lock_down(target: Path) -> None:
     """Memory images hold the container's secrets: owner-only, all the way down."""
     os.chmod(target, 0o700)
     for root, dirs, files in os.walk(target):
@@ -141,7 +158,7 @@ def _lock_down(target: Path) -> None:
             os.chmod(os.path.join(root, f), 0o600)
 
 
-def _resume_after_failure(dk: Docker, info: dict, container: str, images: Path, policy: dict | None) -> None:
+def resume_after_failure(dk: Docker, info: dict, container: str, images: Path, policy: dict | None) -> None:
     """After a failed checkpoint the container must run as before: unpause it, or restore it from the images;
     and get its restart policy back."""
     try:
@@ -245,28 +262,6 @@ class RestoreMapFiles(NamedTuple):
 def restore_map_files(cid: str) -> RestoreMapFiles:
     return RestoreMapFiles(RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
                            RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
-
-
-def replace_json(path: Path, data, mode: int, durable: bool = False) -> None:
-    """Write ``path`` as JSON atomically (a temporary file beside it, renamed over it), with ``mode``. ``durable``:
-    on disk before this returns (the file's data, then the rename in its directory), so that it survives a power
-    cut: a migration's journal holds its commit point."""
-    tmp = path.with_name(path.name + ".cmigrate-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, json.dumps(data).encode())
-        os.fchmod(fd, mode)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import docker
 import docker.errors
 import requests
 
-from migrate.errors import DockerError, PreflightError
+from migrate.errors import CheckpointError, DockerError, PreflightError
 from migrate.hostinfo import docker_versions
 
 FAST_RUNTIME = "cmigrate-runc"   # agents/cmigrate-runc registered with dockerd (--add-runtime)
@@ -106,6 +107,14 @@ class Docker:
         if info["State"].get("Paused"):
             raise PreflightError(f"container {container} is paused: unpause it first", container=container)
         return info
+
+    def wait_stopped(self, cid: str, timeout: float = 30.0) -> None:
+        """Docker learns of a dumped container's exit asynchronously; its files are only stable once it is down."""
+        deadline = time.monotonic() + timeout
+        while self.inspect(cid)["State"].get("Running"):
+            if time.monotonic() > deadline:
+                raise CheckpointError("the container still runs after its dump", container=cid)
+            time.sleep(0.01)
 
     def exists(self, container: str) -> bool:
         try:

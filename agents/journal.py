@@ -1,17 +1,40 @@
-"""Who owns a migration on this host: the agent process named in its journal, and how a fresh agent stops it.
+"""A migration's records on this host: its work directory and journal, the container's migration lock, and the
+agent process that owns it.
 
-A fresh agent that rolls back a migration (``dest.abandon``: the CLI lost its own session, e.g. after Ctrl-C in
+Work directories: ``<work root>/<id>-src`` and ``<id>-dst`` (the role keeps the two ends apart where hosts share a
+disk), each with a ``journal.json`` written atomically and fsynced: what ``cmigrate recover`` reads to finish or
+roll back a migration whose CLI died. The commit point is the destination's ``state: committed``.
+
+Locks: one migration of a container at a time, an exclusive flock on ``/run/cmigrate/locks/<container id>`` held by
+the source agent's process (the kernel drops it when that process exits, however it exits).
+
+Owners: a fresh agent that rolls back a migration (``dest.abandon``: the CLI lost its own session, e.g. after Ctrl-C in
 the middle of a call) must not race the agent that still works on it: that one may be about to restore the
 container. It is stopped first, with every process it started (CRIU's page server, lazy-pages daemon). The
 identity is the pid and the process's start time (/proc/PID/stat field 22), so a reused pid is never mistaken for
-it. (The journal itself and the locks move here with the agents' split into source and destination.)
+it.
 """
 from __future__ import annotations
 
+import fcntl
+import functools
+import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
+
+from agents.dockerd import Docker
+from agents.paths import replace_json, require_private_dir
+from migrate.errors import MigrationError, PreflightError
+
+WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
+JOURNAL = "journal.json"
+CHECKPOINT = "migration"   # the images' directory in a work dir (Docker's checkpoint name there)
+IMAGES = "images"          # archive prefix of the images in a transfer
+PREDUMP_DIR = re.compile(r"pre-[1-9][0-9]?")   # pre-copy's iterations, beside CHECKPOINT
+LOCKS = Path("/run/cmigrate/locks")
 
 STOP_TIMEOUT = 10.0
 
@@ -67,3 +90,81 @@ def stop_owner(owner: dict) -> bool:
     while _alive(owner) and time.monotonic() < deadline:
         time.sleep(0.01)
     return True
+
+
+# ---------------------------------------------------------------- work directories and journals
+@functools.cache
+def work_root() -> Path:
+    """Where migrations keep their files on this host: ``$CMIGRATE_WORK_ROOT`` or beside Docker's own data."""
+    if os.environ.get("CMIGRATE_WORK_ROOT"):
+        return require_private_dir(Path(os.environ["CMIGRATE_WORK_ROOT"]), "CMIGRATE_WORK_ROOT")
+    dk = Docker()
+    try:
+        return dk.root_dir / WORK_DIR
+    finally:
+        dk.close()
+
+
+def workdir(migration_id: str, role: str, create: bool = False) -> Path:
+    """``<work root>/<id>-<role>`` (role: src, dst); with ``create``, made 0700 (it must not exist yet)."""
+    if not isinstance(migration_id, str) or not migration_id.isalnum():
+        raise PreflightError(f"invalid migration id {migration_id!r}")
+    root = work_root()
+    path = root / f"{migration_id}-{role}"
+    if create:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    return path
+
+
+def predump_dir(name: str) -> str:
+    """``name`` if it names a pre-dump's directory in a work dir; MigrationError otherwise."""
+    if not PREDUMP_DIR.fullmatch(name or ""):
+        raise MigrationError(f"invalid pre-dump directory {name!r}")
+    return name
+
+
+def write(work: Path, **fields) -> None:
+    """Add ``fields`` to the journal in ``work``, replaced atomically and on disk before this returns."""
+    path = work / JOURNAL
+    old = json.loads(path.read_text()) if path.exists() else {}
+    replace_json(path, old | fields | {"updated": time.time()}, 0o600, durable=True)
+
+
+def read(work: Path) -> dict | None:
+    try:
+        return json.loads((work / JOURNAL).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def journals(role: str, container: str | None) -> list[dict]:
+    """The journals of this host's migrations in ``role`` (src, dst), of ``container`` (name or id) if given."""
+    root = work_root()
+    found = [read(w) for w in sorted(root.glob(f"*-{role}"))] if root.is_dir() else []
+    return [j for j in found if j and (not container or container in (j.get("name"), j.get("container_id")))]
+
+
+# ---------------------------------------------------------------- locks
+class ContainerLock:
+    """The migration lock of one container, held by this process until ``release`` or its exit."""
+
+    def __init__(self, container_id: str, name: str) -> None:
+        self.container_id = container_id
+        LOCKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(LOCKS / container_id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise PreflightError(f"container {name} is already being migrated (cmigrate agent pid "
+                                 f"{holder or '?'})", container=name, hint="wait for that migration to end") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -166,7 +166,7 @@ class Link:
         self.proc = subprocess.Popen(ssh_argv(target, [agent, "attach", sock_path], io_timeout, pin,
                                               self.known_hosts),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.relays: list[PageRelay] = []
+        self.relays: list[CriuStream] = []
         for pipe in (self.proc.stdin, self.proc.stdout):
             _grow_pipe(pipe.fileno())
         try:
@@ -275,53 +275,6 @@ def _splice_all(src: int, dst: int, on_bytes=None) -> int:
             on_bytes(n)
 
 
-class Pump:
-    """Post-copy's page link: CRIU's lazy page server (our end of a ``CriuSocket``) joined both ways to the
-    link, the destination's lazy-pages daemon asking for pages and CRIU answering with them, for as long as it
-    takes. Counts the bytes that go out."""
-
-    def __init__(self, sock: socket.socket, conn: Link) -> None:
-        self.sock, self.link = sock, conn
-        self.total = 0
-        self._new = 0
-        sock.setblocking(True)
-        self.threads = [threading.Thread(target=self._out, daemon=True),
-                        threading.Thread(target=self._in, daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    def _count(self, n: int) -> None:
-        self.total += n
-        self._new += n
-
-    @property
-    def sent(self) -> int:
-        return self._new
-
-    def take(self) -> int:
-        n, self._new = self._new, 0
-        return n
-
-    def _out(self) -> None:
-        try:
-            _splice_all(self.sock.fileno(), self.link.proc.stdin.fileno(), self._count)
-        except OSError:
-            pass
-
-    def _in(self) -> None:
-        try:
-            _splice_all(self.link.proc.stdout.fileno(), self.sock.fileno())
-            self.sock.shutdown(socket.SHUT_WR)   # the destination is done: CRIU waits for this end of stream
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 def _reset(sock: socket.socket) -> None:
     """Close with a TCP reset: a peer blocked writing into a full buffer wakes up with an error (a FIN, or a
     shutdown, would leave it waiting for room that never comes)."""
@@ -363,61 +316,88 @@ class CriuSocket:
             self.fd = -1
 
 
-class PageRelay:
-    """CRIU's dump sends its memory pages to a "page server": here our end of a socketpair CRIU was given,
-    spliced both ways into the data link, whose far end hands the stream to ``criu page-server`` on the
-    destination. Pages leave this host as they are read from the container, never touching its disk, and no
-    other process can reach them (no listener: see ``CriuSocket``)."""
+class CriuStream:
+    """CRIU's end of a socketpair (``CriuSocket``) joined both ways to a direct data link: what CRIU writes goes
+    into the link, what the far end answers comes back to CRIU. Pages leave this host as CRIU reads them from the
+    container, never touching its disk, and no other process can reach them (no listener).
 
-    def __init__(self, conn: Link, on_bytes=None) -> None:
-        self.link = conn
-        self.on_bytes = on_bytes
-        self.criu = CriuSocket()
-        self.address = UNUSED_PAGE_SERVER
+    Two uses, one difference (``far_end_closes``):
+
+    - the dump's page server (stop-copy, pre-copy): the far end is ``criu page-server``, and the exchange ends when
+      CRIU closes its connection. A link that breaks or ends first resets CRIU's socket, so that CRIU, waiting for
+      an answer or for room to write, fails now rather than never (``finish`` then says so).
+    - post-copy's lazy pages (``far_end_closes``): the far end is the lazy-pages daemon, asking for pages for as
+      long as it takes, and it ends the exchange by closing its side; CRIU must see that as its end of stream.
+
+    ``sent`` counts the bytes that went out; ``take()`` those since it was last called; ``on_bytes`` hears of each
+    chunk as it goes."""
+
+    def __init__(self, conn: Link, criu: CriuSocket | None = None, on_bytes=None,
+                 far_end_closes: bool = False) -> None:
+        self.link, self.on_bytes, self.far_end_closes = conn, on_bytes, far_end_closes
+        self.criu = criu or CriuSocket()
         self.sock: socket.socket = self.criu.sock
+        self.sock.setblocking(True)
         self.error: BaseException | None = None
         self.sent = 0
+        self._new = 0
         conn.relays.append(self)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        sock = self.sock
-        sock.setblocking(True)
-        # the page server's answers come back through the link's stdout; that thread ends when the link does
-        threading.Thread(target=self._back, args=(sock,), daemon=True).start()
-        try:
-            _splice_all(sock.fileno(), self.link.proc.stdin.fileno(), self._count)
-        except OSError as exc:   # the link broke: CRIU's next write must fail rather than wait forever
-            self.error = exc
-            _reset(sock)
+        self.out = threading.Thread(target=self._out, daemon=True)
+        self.back = threading.Thread(target=self._back, daemon=True)
+        self.out.start()
+        self.back.start()
 
     def _count(self, n: int) -> None:
         self.sent += n
+        self._new += n
         if self.on_bytes:
             self.on_bytes(n)
 
-    def _back(self, sock: socket.socket) -> None:
+    def take(self) -> int:
+        n, self._new = self._new, 0
+        return n
+
+    def _out(self) -> None:
         try:
-            while data := os.read(self.link.proc.stdout.fileno(), 65536):
-                sock.sendall(data)
+            _splice_all(self.sock.fileno(), self.link.proc.stdin.fileno(), self._count)
+        except OSError as exc:
+            if not self.far_end_closes:   # the link broke: CRIU's next write must fail rather than wait forever
+                self.error = exc
+                _reset(self.sock)
+
+    def _back(self) -> None:
+        try:
+            _splice_all(self.link.proc.stdout.fileno(), self.sock.fileno())
+            if self.far_end_closes:
+                self.sock.shutdown(socket.SHUT_WR)   # the destination is done: CRIU waits for this end of stream
+                return
         except OSError:
-            pass
+            if self.far_end_closes:
+                return
         # the link is gone: CRIU, waiting for the page server's answer or for room to write, must fail now
         self.error = self.error or ConnectionError("the data link closed")
-        _reset(sock)
+        _reset(self.sock)
 
     def finish(self, ok: bool) -> None:
         """After the dump: all pages must have gone into the link (CRIU closed its connection)."""
         self.criu.given()
         if not ok:
             return
-        self.thread.join(timeout=60)
-        if self.thread.is_alive() or self.error is not None:
+        self.out.join(timeout=60)
+        if self.out.is_alive() or self.error is not None:
             raise TransportError(f"the pages did not all reach the link: {self.error or 'relay stuck'}")
 
     def close(self) -> None:
+        """Wake both threads (a shutdown), let them end (the link's own close ends the answers' side), then
+        close: a descriptor closed under a thread still using its number could be another file's by then."""
         self.criu.given()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for thread in (self.out, self.back):
+            if thread is not threading.current_thread():
+                thread.join(timeout=1.0)
         self.sock.close()
 
 

@@ -43,10 +43,11 @@ class FdReader:
 class Channel:
     """What an operation may use to talk back: progress events, and the raw streams for data frames."""
 
-    def __init__(self, stdin, stdout, call_id: int | None = None) -> None:
+    def __init__(self, stdin, stdout, call_id: int | None = None, session=None) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.call_id = call_id
+        self.session = session   # agents/session.py: the migrations this session works on
 
     def emit(self, event: dict) -> None:
         framing.send(self.stdout, {"type": "progress"} | event | {"id": self.call_id})
@@ -100,13 +101,14 @@ class Keepalive:
 
 
 def operations() -> dict[str, Op]:
-    from agents import checkpoint, migration
+    from agents import checkpoint, destination, source
     return {
         "ping": lambda args, ch: {"pong": True},
         # peak resident memory of this agent so far, for reports and benchmarks
         "stats": lambda args, ch: {"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
         **checkpoint.OPERATIONS,
-        **migration.OPERATIONS,
+        **source.OPERATIONS,
+        **destination.OPERATIONS,
     }
 
 
@@ -119,14 +121,15 @@ def error_message(exc: BaseException, call_id: int | None = None) -> dict:
 
 
 def serve(stdin, stdout, host_name: str) -> int:
-    from agents import migration
+    from agents.session import Session
+    session = Session()
     try:
-        return _serve(stdin, stdout, host_name)
+        return _serve(stdin, stdout, host_name, session)
     finally:
-        migration.on_session_end()
+        session.end()
 
 
-def _serve(stdin, stdout, host_name: str) -> int:
+def _serve(stdin, stdout, host_name: str, session) -> int:
     try:
         hello = framing.recv(stdin)
     except (EOFError, framing.ProtocolError) as exc:
@@ -146,7 +149,7 @@ def _serve(stdin, stdout, host_name: str) -> int:
             msg = framing.recv(stdin)
         except (EOFError, OSError):
             return 0
-        except SessionLost as exc:   # a migration's lease ran out (agents/migration.py dest_create)
+        except SessionLost as exc:   # a migration's lease ran out (agents/destination.py create)
             print(f"cmigrate-agent: {exc.message}", file=sys.stderr)
             return 3
         except framing.ProtocolError as exc:
@@ -164,7 +167,7 @@ def _serve(stdin, stdout, host_name: str) -> int:
             continue
         try:
             with Keepalive(stdout, call_id, enabled=msg.get("keepalive", True) is not False):
-                value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id))
+                value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id, session))
             framing.send(stdout, {"type": "result", "id": call_id, "value": value})
         except Exception as exc:  # every failure goes back to the CLI as a typed error
             if isinstance(exc, MigrationError) and exc.host is None:
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["attach"] and len(argv) == 2:   # the far end of a direct data link (agents/link.py)
         from agents.link import attach
-        from agents.migration import work_root
+        from agents.journal import work_root
         return attach(argv[1], work_root())
     host_name = os.environ.get("CMIGRATE_HOST") or socket.gethostname()
     stdout = FrameStream(os.fdopen(os.dup(sys.stdout.fileno()), "wb"))

@@ -8,6 +8,7 @@ name no symlink. A directory that does not exist yet is made by the agent, 0700.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -42,3 +43,25 @@ def require_private_dir(path: Path, what: str) -> Path:
                                  f"(mode {stat.S_IMODE(st.st_mode):o})",
                                  hint="use a directory of root's that only root can write to")
     return path
+
+
+def replace_json(path: Path, data, mode: int, durable: bool = False) -> None:
+    """Write ``path`` as JSON atomically (a temporary file beside it, renamed over it), with ``mode``. ``durable``:
+    on disk before this returns (the file's data, then the rename in its directory), so that it survives a power
+    cut: a migration's journal holds its commit point."""
+    tmp = path.with_name(path.name + ".cmigrate-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, json.dumps(data).encode())
+        os.fchmod(fd, mode)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

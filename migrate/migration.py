@@ -208,6 +208,7 @@ class _Migration:
         self.src_info: dict = {}
         self.dst_id: str | None = None
         self.dump: dict = {}
+        self.volume_sources: list[str | None] = []   # where each volume's data goes on the destination
         self.finished = False   # the source let go of the container
         self.allow_privileged = False
         self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
@@ -241,23 +242,53 @@ class _Migration:
                 host.close()
 
     def _run(self) -> None:
-        r = self.report
+        """The state machine, one phase after the other (the module docstring says what each state leaves)."""
         t = time.monotonic()
         self.emit({"event": "phase", "phase": "preflight"})
-        with ThreadPoolExecutor(2) as pool:   # two SSH handshakes and agent starts at once
+        self._open_sessions()
+        info, pre = self._preflight()
+        self.phase("preflight", t)
+        self.state = "prepared"
+        image = self._send_image(info) if pre["image"] is None else pre["image"]
+        self._create(info, image)
+        parent = self._precopy(info, self.report.data_path == "direct") if self.report.mode == "pre-copy" else None
+        self.fault("prepared")
+        self.state = "frozen"
+        self._freeze(info, parent)
+        self.state = "restored"
+        if self.report.mode == "post-copy":
+            self.state = "pages"   # running on DST, but its memory is still partly on SRC only
+            self._wait_pages()
+            self.state = "restored"
+        self.fault("restored")
+        # ---- commit point: the destination keeps the container; the source lets go of it
+        self.dst.call("dest.commit", migration_id=self.id)
+        self.state = "committed"
+        self.fault("committed")
+        self._finish(info)
+        self._collect_stats()
+
+    def _open_sessions(self) -> None:
+        """Both agents, their SSH handshakes at once. No call waits forever on a link that died silently (agents
+        report progress at least four times a second during long calls): the sessions are bounded by io_timeout
+        from their handshake on; only post-copy's wait for the last page lifts this (the destination agent bounds
+        that wait itself)."""
+        with ThreadPoolExecutor(2) as pool:
             opening = [pool.submit(self._open, name) for name in (self.src_name, self.dst_name)]
             wait(opening)
         self.src, self.dst = (f.result() if not f.exception() else None for f in opening)
         for f in opening:
             if f.exception():
                 raise f.exception()
-        # no call waits forever on a link that died silently (agents report progress at least twice a second
-        # during long calls): the sessions are bounded by io_timeout from their handshake on; only post-copy's
-        # wait for the last page lifts this (the destination agent bounds that wait itself)
         self.fault.context = {"CMIGRATE_MIGRATION_ID": self.id,
                               "CMIGRATE_SRC_AGENT_PID": str(self.src.remote.get("pid", "")),
                               "CMIGRATE_DST_AGENT_PID": str(self.dst.remote.get("pid", ""))}
-        info = self.src_info = self.src.call("source.inspect", container=self.container)
+
+    def _preflight(self) -> tuple[dict, dict]:
+        """The source takes the container in hand and describes it; the destination says whether it can take it;
+        the mode is chosen from what both kernels can do."""
+        r = self.report
+        info = self.src_info = self.src.call("source.inspect", container=self.container, migration_id=self.id)
         r.memory_bytes = info["memory_bytes"]
         # room for the images, the writable layer, the volumes and (maybe) the image, with a margin
         need = int(1.2 * (info["memory_bytes"] + info["upper_bytes"] + sum(v["bytes"] for v in info["volumes"])
@@ -275,23 +306,25 @@ class _Migration:
             raise PreflightError(f"post-copy is not possible: {info['lazy_pipes_problem']}", host=self.src_name,
                                  container=self.container,
                                  hint="sysctl -w fs.pipe-max-size=4194304 (or use --mode stop-copy)")
-        self.phase("preflight", t)
+        return info, pre
 
-        self.state = "prepared"
-        image = pre["image"]
-        if image is None:
-            t = time.monotonic()
-            ref = info["image_name"] if not info["image_name"].startswith("sha256:") else info["image_id"]
-            self.emit({"event": "transfer", "what": "image", "total": info["image_bytes"]})
-            sent, _ = self.src.relay("source.send_image", self.dst, "dest.receive_image",
-                                     {"image_id": info["image_id"]}, self._bytes("image"), image=ref,
-                                     level=self.level, threads=self.threads)
-            r.image_transferred, r.image_wire_bytes = True, sent["wire_bytes"]
-            image = ref
-            self.emit({"event": "transfer-done", "what": "image"})
-            self.phase("image", t)
+    def _send_image(self, info: dict) -> str:
+        """The container's image, from the source's Docker to the destination's; the reference to create from."""
         t = time.monotonic()
-        # the direct link's SSH handshake (source -> destination) overlaps the container's creation
+        ref = info["image_name"] if not info["image_name"].startswith("sha256:") else info["image_id"]
+        self.emit({"event": "transfer", "what": "image", "total": info["image_bytes"]})
+        sent, _ = self.src.relay("source.send_image", self.dst, "dest.receive_image", {"image_id": info["image_id"]},
+                                 self._bytes("image"), image=ref, level=self.level, threads=self.threads)
+        self.report.image_transferred, self.report.image_wire_bytes = True, sent["wire_bytes"]
+        self.emit({"event": "transfer-done", "what": "image"})
+        self.phase("image", t)
+        return ref
+
+    def _create(self, info: dict, image: str) -> None:
+        """The destination's container, created (and its restore begun, held at the gate) while the direct link's
+        SSH handshake (source -> destination) runs."""
+        r = self.report
+        t = time.monotonic()
         connecting = self.data_path != "relay" and self._start_link()
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
@@ -303,49 +336,42 @@ class _Migration:
         # the destination made the network namespace already: the source dumps it as external (--keep-source
         # does not: its checkpoint must restore with Docker alone)
         self.external_netns = bool(created.get("netns"))
-        volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
+        self.volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
         if connecting:
             try:
                 self.src.wait()
                 r.data_path = "direct"
             except MigrationError as exc:
                 self._no_link(exc)
-        self.phase("create", t)
-
-        # ---- the freeze: from here until the destination runs, the container is down
-        send_args = dict(migration_id=self.id, volumes=[{"source": v["source"]} for v in info["volumes"]],
-                         level=self.level, threads=self.threads)
-        receive_args = {"migration_id": self.id, "volume_sources": volume_sources, "io_timeout": self.io_timeout}
-        direct = r.data_path == "direct"
         # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
         # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab)
-        r.pages_streamed = (direct and not self.keep_source and r.mode == "stop-copy"
+        r.pages_streamed = (r.data_path == "direct" and not self.keep_source and r.mode == "stop-copy"
                             and {"always": True, "never": False}.get(self.stream_pages,
                                                                       info["memory_bytes"] >= STREAM_PAGES_FROM))
-        parent = self._precopy(info, direct) if r.mode == "pre-copy" else None
-        self.fault("prepared")
-        self.state = "frozen"
+        self.phase("create", t)
+
+    def _freeze(self, info: dict, parent: str | None) -> None:
+        """The freeze: from here until the destination runs, the container is down (the downtime)."""
+        r = self.report
+        send_args = dict(migration_id=self.id, volumes=[{"source": v["source"]} for v in info["volumes"]],
+                         level=self.level, threads=self.threads)
+        receive_args = {"migration_id": self.id, "volume_sources": self.volume_sources,
+                        "io_timeout": self.io_timeout}
         self.emit({"event": "phase", "phase": "dump"})
         t_freeze = time.monotonic()
-        if direct:
+        if r.data_path == "direct":
             sent = self._freeze_direct(info, send_args, receive_args, parent)
         else:
             sent = self._freeze_relayed(info, send_args, receive_args, parent)
         r.raw_bytes = sent["raw_bytes"] + self.dump.get("page_bytes", 0) + sum(i["bytes"] for i in r.precopy)
         r.wire_bytes = sent["wire_bytes"] + self.dump.get("page_bytes", 0) + sum(i["wire_bytes"] for i in r.precopy)
         r.downtime = time.monotonic() - t_freeze
-        self.state = "restored"
 
-        if r.mode == "post-copy":
-            self.state = "pages"   # running on DST, but its memory is still partly on SRC only
-            self._wait_pages()
-            self.state = "restored"
-
-        self.fault("restored")
-        # ---- commit point: the destination keeps the container; the source lets go of it
-        self.dst.call("dest.commit", migration_id=self.id)
-        self.state = "committed"
-        self.fault("committed")
+    def _finish(self, info: dict) -> None:
+        """After the commit: the source lets go (removes its frozen copy, or keeps it with its checkpoint), then
+        the destination forgets the journal. A failure here leaves the container running on the destination, and
+        a warning that says what to run."""
+        r = self.report
         t = time.monotonic()
         try:
             fin = self._on(self.src, self.src_name, "source.finish", container_id=info["id"],
@@ -363,9 +389,11 @@ class _Migration:
                 r.warnings.append(f"the migration is complete, but {self.dst_name} still keeps its journal "
                                   f"({exc.line()}); run: cmigrate recover {self.dst_name} {self.container}")
         self.phase("finish", t)
+
+    def _collect_stats(self) -> None:
         for role, session in (("source", self.src), ("destination", self.dst)):
             try:
-                r.agent_peak_rss_kib[role] = session.call("stats")["peak_rss_kib"]
+                self.report.agent_peak_rss_kib[role] = session.call("stats")["peak_rss_kib"]
             except MigrationError:
                 pass
 
@@ -622,7 +650,7 @@ class _Migration:
         """Remove what the destination made: through our session, else a fresh agent that finds the migration
         by its journal there. False if neither could."""
         try:
-            self.dst.call("dest.discard")
+            self.dst.call("dest.discard", migration_id=self.id)
             return True
         except MigrationError:
             pass

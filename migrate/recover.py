@@ -69,7 +69,7 @@ def _one(src: AgentSession, host: str, journal: dict, ssh_config, agent, io_time
     name, mid, dst_name = journal["name"], journal["migration_id"], journal.get("destination") or "?"
     out = lambda result, detail: Outcome(name, host, dst_name, mid, result, detail)  # noqa: E731
     try:
-        src.call("source.recover_lock", container_id=journal["container_id"], name=name)
+        src.call("source.recover_lock", container_id=journal["container_id"], name=name, migration_id=mid)
     except MigrationError as exc:
         return out("in-progress", exc.message)
     try:

@@ -395,7 +395,7 @@ def test_second_migration_of_the_same_container_is_refused_while_one_runs(both, 
     host = open_host("hostA", None)
     try:
         with AgentSession(host) as first:
-            first.call("source.inspect", container=name)
+            first.call("source.inspect", container=name, migration_id="0123456789abcdef")
             res = cmigrate(name, "hostA", "hostB")
             assert res.status == 1
             assert res.err.startswith(f"cmigrate: error: hostA: container {name} is already being migrated"), \

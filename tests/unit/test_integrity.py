@@ -1,5 +1,5 @@
 """A corrupted or truncated checkpoint stream is detected before anything is restored: the destination restores
-only after receive_tree, the closing message and verify (agents/migration.py) have all passed."""
+only after receive_tree, the closing message and verify (agents/destination.py) have all passed."""
 from __future__ import annotations
 
 import io

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from agents import migration
+from agents import journal
 
 
 def test_journal_writes_are_fsynced_file_and_directory(tmp_path, monkeypatch):
@@ -16,8 +16,8 @@ def test_journal_writes_are_fsynced_file_and_directory(tmp_path, monkeypatch):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
     monkeypatch.setattr(os, "fsync", fsync)
-    migration._journal(tmp_path, state="created")
-    migration._journal(tmp_path, state="committed")
+    journal.write(tmp_path, state="created")
+    journal.write(tmp_path, state="committed")
     assert json.loads((tmp_path / "journal.json").read_text())["state"] == "committed"
     assert synced.count(str(tmp_path)) == 2, synced                       # the directory, after each rename
     assert sum(p.endswith(".cmigrate-tmp") for p in synced) == 2, synced   # the data, before it
