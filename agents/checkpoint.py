@@ -264,8 +264,9 @@ def restore_map_files(cid: str) -> RestoreMapFiles:
                            RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
 
 
-def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None) -> None:
-    """``docker start --checkpoint`` from any directory.
+def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None, criu_extra: str = "") -> None:
+    """``docker start --checkpoint`` from any directory (``criu_extra``: CRIU options for this restore, under
+    cmigrate-runc only).
 
     Docker restores only from the container's own checkpoints folder, and refuses a checkpoint whose content
     containerd already holds ("content sha256:... already exists"): it gets a fresh copy each time, under a name
@@ -284,7 +285,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
         if fast:
             temp.mkdir(mode=0o700)
             RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
-            conf.write_text(criu_config_for_cmigrate() + _cgroup_root(dk, info))
+            conf.write_text(criu_config_for_cmigrate() + _cgroup_root(dk, info) + criu_extra)
             if lazy_dir is not None:   # the wrapper adds --lazy-pages and points CRIU at our lazy-pages daemon
                 lazy.write_text(str(lazy_dir))
             mapping.write_text(str(source))
@@ -348,7 +349,7 @@ def _read_root_file(path: Path, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def restore_from(dk: Docker, info: dict, images: Path, lazy_dir: Path | None = None) -> None:
+def restore_from(dk: Docker, info: dict, images: Path, lazy_dir: Path | None = None, criu_extra: str = "") -> None:
     """Restore a stopped container from ``images``: its writable layer first (put back as it was if the restore
     fails), then memory and processes; it must be running afterwards. With ``lazy_dir`` (post-copy) its memory
     comes later, on demand, from the lazy-pages daemon listening there."""
@@ -356,7 +357,7 @@ def restore_from(dk: Docker, info: dict, images: Path, lazy_dir: Path | None = N
     layer = images / META_DIR / "rootfs.tar"
     replaced = rootfs.Replaced(rootfs.upper_dir(info), layer) if layer.exists() else None
     try:
-        _start_from(dk, info, images, lazy_dir)
+        _start_from(dk, info, images, lazy_dir, criu_extra)
     except MigrationError as exc:
         if replaced:
             replaced.undo()
@@ -388,12 +389,13 @@ class GatedRestore:
     the wrapper reads end-of-file (or cannot connect) and refuses the restore: nothing runs from images that were
     not verified, and nothing waits forever."""
 
-    def __init__(self, info: dict, images: Path, netns: bool = False) -> None:
-        """``netns``: the source dumps the network namespace as external; the wrapper makes it before the gate."""
+    def __init__(self, info: dict, images: Path, netns: bool = False, criu_extra: str = "") -> None:
+        """``netns``: the source dumps the network namespace as external; the wrapper makes it before the gate.
+        ``criu_extra``: CRIU options for this restore (``tcp-close``, say)."""
         if (info["HostConfig"].get("Runtime") or "") != FAST_RUNTIME:
             raise RestoreError("a gated restore needs the cmigrate-runc runtime")
         rootfs.upper_dir(info)   # overlay2 only, as for any restore of ours
-        self.info, self.images, self.error = info, images, None
+        self.info, self.images, self.error, self.criu_extra = info, images, None, criu_extra
         self.merged = Path(info["GraphDriver"]["Data"]["MergedDir"])
         files = restore_map_files(info["Id"])
         self.path, self.netns, self.lazy, self.made_netns = files.gate, files.netns, files.lazy, netns
@@ -429,7 +431,7 @@ class GatedRestore:
     def _start(self) -> None:
         dk = Docker(timeout=None)   # it waits at the gate for as long as the dump and the transfer take
         try:
-            _start_from(dk, self.info, self.images)
+            _start_from(dk, self.info, self.images, criu_extra=self.criu_extra)
         except BaseException as exc:   # reported by release()
             self.error = exc
         finally:

@@ -49,6 +49,7 @@ class DestinationMigration:
         self.listeners: dict[str, link.Listener] = {}   # data; pages (post-copy)
         self.lazy: criu.LazyPages | None = None
         self.gated: GatedRestore | None = None
+        self.criu_extra = ""     # CRIU options for the restore (tcp-close: connections come back closed)
 
     @property
     def work(self) -> Path:
@@ -78,6 +79,7 @@ class DestinationMigration:
             runtime = config["HostConfig"].get("Runtime") or "runc"
             if runtime in ("runc", FAST_RUNTIME):   # runc either way; restore faster where the wrapper is installed
                 config["HostConfig"]["Runtime"] = FAST_RUNTIME if dk.has_fast_runtime() else "runc"
+            self.criu_extra = _restore_options(args, config["HostConfig"]["Runtime"], name)
             cid = self._create_container(dk, name, config, args)
             # a lease: until the commit, silence from the CLI for io_timeout means it is gone (a cut link shows no
             # end of the session for as long as TCP keeps retrying), and this agent then removes what it made
@@ -109,7 +111,7 @@ class DestinationMigration:
         # Docker's prestart hook binds the namespace to its sandbox key: none without networking at all
         netns = (bool(args.get("netns")) and mode != "host" and not mode.startswith("container:")
                  and not info["Config"].get("NetworkDisabled"))
-        self.gated = GatedRestore(info, self.work / CHECKPOINT, netns)
+        self.gated = GatedRestore(info, self.work / CHECKPOINT, netns, self.criu_extra)
         if args.get("wait_gate", True):
             self.gated.wait_ready()
         return netns
@@ -193,7 +195,7 @@ class DestinationMigration:
         dk = Docker()
         try:
             lazy_dir = Path(args["lazy_dir"]) if args.get("lazy_dir") else None
-            restore_from(dk, dk.inspect(args["container_id"]), self.work / CHECKPOINT, lazy_dir)
+            restore_from(dk, dk.inspect(args["container_id"]), self.work / CHECKPOINT, lazy_dir, self.criu_extra)
             return {"running_at": time.time()}
         finally:
             dk.close()
@@ -301,6 +303,16 @@ class DestinationMigration:
 
 
 # ---------------------------------------------------------------- helpers
+def _restore_options(args: dict, runtime: str, name: str) -> str:
+    """CRIU's options for this migration's restore, which only the cmigrate-runc runtime can hand to CRIU."""
+    if not args.get("tcp_close"):
+        return ""
+    if runtime != FAST_RUNTIME:
+        raise PreflightError(f"--tcp-close needs the {FAST_RUNTIME} runtime on this host, to pass CRIU's tcp-close "
+                             "to the restore", container=name, hint="install cmigrate here with ./install.sh")
+    return "tcp-close\n"
+
+
 def _watch_link(ch, args: dict) -> None:
     """While data flows in, silence for longer than the CLI's io_timeout means the link is gone."""
     if hasattr(ch.stdin, "timeout"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zstandard
 
-from agents import checkpoint, criu, journal, link, rootfs
+from agents import checkpoint, connections, criu, journal, link, rootfs
 from agents.checkpoint import META_DIR, lock_down, resume_after_failure, dir_size, this_host
 from agents.dockerd import Docker
 from agents.journal import CHECKPOINT, IMAGES, ContainerLock
@@ -85,6 +85,7 @@ class SourceMigration:
                 "volumes": _volumes(dk, info, container), "upper_bytes": dir_size(upper),
                 "criu": found.to_dict(), "docker_version": dk.info().get("ServerVersion"), "platform": dk.versions(),
                 "lazy_pipes_problem": criu.lazy_pipes_problem(),
+                "connections": connections.tcp_connections(info["State"]["Pid"]),
                 "runc_state": dk.runc_root(info) is not None,   # dumps through runc, with our CRIU options
             }
         finally:
@@ -148,15 +149,16 @@ class SourceMigration:
             upper, name, runc_root = rootfs.upper_dir(info), info["Name"].lstrip("/"), dk.runc_root(info)
             journal.write(work, role="source", migration_id=self.id, container_id=cid, name=name,
                           destination=args.get("destination"), state="frozen")
-            # the destination made the network namespace: CRIU must not
+            # the destination made the network namespace: CRIU must not; tcp-close: connections restore closed
             extra = criu.external_netns(runc_root, cid) if runc_root and args.get("external_netns") else ""
+            extra += "tcp-close\n" if args.get("tcp_close") else ""
             t0 = time.time()
             if runc_root:
                 policy, page_bytes = None, self._dump_with_runc(runc_root, cid, name, work, parent, extra, args, ch)
             elif args.get("lazy") or parent:
                 raise CheckpointError("post-copy and pre-copy need the container's runc state on this host (runc "
                                       "runtime)")
-            elif args.get("external_netns"):
+            elif args.get("external_netns") or args.get("tcp_close"):
                 raise CheckpointError("the container's runc state is gone: it cannot be dumped as planned")
             else:
                 policy, page_bytes = self._dump_with_docker(dk, info, name, work), 0

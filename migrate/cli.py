@@ -271,6 +271,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                         "sends them")
     p.add_argument("--keep-source", action="store_true",
                    help="leave the source container stopped with its checkpoint instead of removing it")
+    p.add_argument("--tcp-close", action="store_true",
+                   help="move a container that holds TCP connections by closing them: they end when the source lets "
+                        "go, and clients reconnect to its new address (without it, such a container is refused)")
     p.add_argument("--io-timeout", type=_seconds, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
                    help="give up when a host sends nothing for this long during a transfer (default 120)")
     p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
@@ -304,7 +307,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                          mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
                          io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
                          precopy=PrecopyRule(args.precopy_iterations, args.precopy_min_pages, args.precopy_shrink),
-                         stream_pages=args.stream_pages, allow_privileged=args.allow_privileged)
+                         stream_pages=args.stream_pages, allow_privileged=args.allow_privileged,
+                         tcp_close=args.tcp_close)
     finally:
         bars.close()
     if args.json:

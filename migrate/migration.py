@@ -144,7 +144,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = DEFAULT_IO_TIMEOUT, progress: Progress | None = None, agent: str | None = None,
             data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None,
-            allow_privileged: bool = False) -> Report:
+            allow_privileged: bool = False, tcp_close: bool = False) -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
@@ -158,6 +158,10 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     ``allow_privileged``: let the destination apply settings that hand the container that host (privileged,
     host-root capabilities, devices, binds of / and system paths, host PID/IPC/user namespaces), which it refuses
     by default: the source host is not trusted with root on the destination.
+
+    ``tcp_close``: move a container that holds TCP connections, restoring them closed (CRIU's tcp-close): its
+    clients see the connection end when the source lets go, and reconnect to the container's new address.
+    Without it such a container is refused before the freeze, naming its connections.
 
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
@@ -176,13 +180,15 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
     if not 1 <= level <= 19:
         raise UsageError(f"compression level {level} is out of range 1..19")
+    if tcp_close and keep_source:
+        raise UsageError("--tcp-close leaves no source checkpoint that restores as it was: drop --keep-source")
     if io_timeout is None:
         raise UsageError("an I/O timeout is needed: a migration never waits forever on a silent host")
     validate_timeout(io_timeout)
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
-    m.allow_privileged = allow_privileged
+    m.allow_privileged, m.tcp_close = allow_privileged, tcp_close
     m.precopy = precopy or PrecopyRule()
     return m.run()
 
@@ -211,6 +217,7 @@ class _Migration:
         self.volume_sources: list[str | None] = []   # where each volume's data goes on the destination
         self.finished = False   # the source let go of the container
         self.allow_privileged = False
+        self.tcp_close = False   # connected TCP sockets restore closed (CRIU's tcp-close)
         self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
 
     def phase(self, name: str, t0: float) -> None:
@@ -302,11 +309,29 @@ class _Migration:
         r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
         r.platform = {self.src_name: info.get("platform") or {}, self.dst_name: pre.get("platform") or {}}
         r.mode = self._choose_mode(info["criu"], pre["criu"])
+        self._judge_connections(info)
         if r.mode == "post-copy" and info.get("lazy_pipes_problem"):
             raise PreflightError(f"post-copy is not possible: {info['lazy_pipes_problem']}", host=self.src_name,
                                  container=self.container,
                                  hint="sysctl -w fs.pipe-max-size=4194304 (or use --mode stop-copy)")
         return info, pre
+
+    def _judge_connections(self, info: dict) -> None:
+        """A container with TCP connections moves only if they may be closed: its address changes, and CRIU cannot
+        bind a connection back to another one. Refused here, before the freeze, naming them."""
+        found = info.get("connections") or []
+        if self.tcp_close and not info.get("runc_state"):
+            raise PreflightError("--tcp-close needs the container's runc state on the source (runc runtime)",
+                                 host=self.src_name, container=self.container)
+        if found and not self.tcp_close:
+            shown = ", ".join(f"{c['local']} <-> {c['peer']}" for c in found[:3]) + \
+                (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            n = len(found)
+            raise PreflightError(
+                f"container {self.container} holds {n} TCP connection{'s' if n > 1 else ''} ({shown}), which "
+                "cannot follow it to a new address", host=self.src_name, container=self.container,
+                hint="--tcp-close moves it and closes them, and their clients reconnect to the new address; this "
+                     "version cannot keep its IP address, which keeping them needs")
 
     def _send_image(self, info: dict) -> str:
         """The container's image, from the source's Docker to the destination's; the reference to create from."""
@@ -329,7 +354,7 @@ class _Migration:
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
                                 migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name,
-                                allow_privileged=self.allow_privileged,
+                                allow_privileged=self.allow_privileged, tcp_close=self.tcp_close,
                                 arm_restore=True, netns=bool(info.get("runc_state")) and not self.keep_source,
                                 wait_gate=r.mode != "stop-copy" or info["memory_bytes"] < WAIT_GATE_BELOW)
         self.dst_id = r.destination_id = created["id"]
@@ -453,7 +478,7 @@ class _Migration:
         t = time.monotonic()
         dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                          destination=self.dst_name, parent=parent,
-                                         external_netns=self.external_netns)
+                                         external_netns=self.external_netns, tcp_close=self.tcp_close)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
         self.fault("frozen")
@@ -483,7 +508,7 @@ class _Migration:
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                              destination=self.dst_name, parent=parent,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
-                                             external_netns=self.external_netns,
+                                             external_netns=self.external_netns, tcp_close=self.tcp_close,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))
         except DumpAborted as exc:
             self.state = "prepared"   # the source thawed it; the destination cannot have restored anything
