@@ -97,6 +97,12 @@ HOSTS = (
     LabHost("hostA", "198.18.0.11", "198.19.1.1/24", "198.19.16.0/20"),
     LabHost("hostB", "198.18.0.12", "198.19.2.1/24", "198.19.32.0/20"),
 )
+# A client on the bridge, for tests and demos: a network namespace of its own, like a machine on the segment
+CLIENT_NETNS, CLIENT_VETH, CLIENT_ADDR = "cmlab-client", "cmlab-client", "198.18.0.20"
+# A Docker network both hosts share at layer 2: macvlan on each host's link to the bridge, one subnet, and a range
+# of its own on each host for the addresses Docker picks, so that the two never pick the same one
+SHARED_NETWORK = "cmshared"
+SHARED_RANGES = {"hostA": "198.18.0.64/27", "hostB": "198.18.0.96/27"}
 SSH_CONFIG = LAB_ROOT / "ssh_config"
 CLIENT_KEY = LAB_ROOT / "id_ed25519"
 KNOWN_HOSTS = LAB_ROOT / "known_hosts"
@@ -370,7 +376,8 @@ def host_status(h: LabHost) -> HostStatus:
 
 
 def is_up() -> bool:
-    return _link_exists(BRIDGE) and SSH_CONFIG.exists() and all(host_status(h).healthy for h in HOSTS)
+    return _link_exists(BRIDGE) and _netns_exists(CLIENT_NETNS) and SSH_CONFIG.exists() and \
+        all(host_status(h).healthy for h in HOSTS)
 
 
 # ---------------------------------------------------------------------- up
@@ -438,6 +445,32 @@ def _start_network(say: Say) -> None:
         _run(["ip", "-n", h.netns, "addr", "add", f"{h.address}/{PREFIX}", "dev", "eth0"])
         _run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", h.netns, "link", "set", "lo", "up"])
+    say(f"client: network namespace {CLIENT_NETNS}, address {CLIENT_ADDR}")
+    _run(["ip", "netns", "add", CLIENT_NETNS])
+    _run(["ip", "link", "add", CLIENT_VETH, "type", "veth", "peer", "name", "eth0", "netns", CLIENT_NETNS])
+    _run(["ip", "link", "set", CLIENT_VETH, "master", BRIDGE, "up"])
+    _run(["ip", "-n", CLIENT_NETNS, "addr", "add", f"{CLIENT_ADDR}/{PREFIX}", "dev", "eth0"])
+    _run(["ip", "-n", CLIENT_NETNS, "link", "set", "eth0", "up"])
+    _run(["ip", "-n", CLIENT_NETNS, "link", "set", "lo", "up"])
+
+
+def client(argv: list[str]) -> list[str]:
+    """``argv`` as run on the lab's client, a machine on the segment (its own network namespace)."""
+    return ["nsenter", f"--net=/run/netns/{CLIENT_NETNS}", "--", *argv]
+
+
+def _make_shared_network(h: LabHost) -> None:
+    """The macvlan network both hosts share (``SHARED_NETWORK``), on each host's eth0."""
+    import docker.types
+    client_ = docker_client(h)
+    try:
+        if not client_.networks.list(names=[SHARED_NETWORK]):
+            pool = docker.types.IPAMPool(subnet=f"{BRIDGE_ADDR.rsplit('.', 1)[0]}.0/{PREFIX}",
+                                         iprange=SHARED_RANGES[h.name], gateway=BRIDGE_ADDR)
+            client_.networks.create(SHARED_NETWORK, driver="macvlan", options={"parent": "eth0"},
+                                    ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+    finally:
+        client_.close()
 
 
 def _start_sshd(h: LabHost) -> None:
@@ -539,7 +572,8 @@ def up(say: Say = lambda s: None) -> None:
     if is_up():
         say("lab is already up")
         return
-    if _link_exists(BRIDGE) or any(_netns_exists(h.netns) for h in HOSTS) or LAB_ROOT.exists() or RUN_ROOT.exists():
+    if _link_exists(BRIDGE) or any(_netns_exists(n) for n in [h.netns for h in HOSTS] + [CLIENT_NETNS]) or \
+            LAB_ROOT.exists() or RUN_ROOT.exists():
         say("cleaning up what a previous lab left behind")
         down(say)
     LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -570,8 +604,10 @@ def up(say: Say = lambda s: None) -> None:
             except LabError as exc:
                 exc.detail = _log_tail(h.state / "dockerd.log")
                 raise
-            say(f"{h.name}: dockerd {_docker_version(h)} ready; importing test image {TEST_IMAGE}")
+            say(f"{h.name}: dockerd {_docker_version(h)} ready; importing test image {TEST_IMAGE}, network "
+                f"{SHARED_NETWORK}")
             import_test_image(h, rootfs)
+            _make_shared_network(h)
     except BaseException:
         say("lab up failed; removing what it created")
         try:
@@ -622,6 +658,10 @@ def down(say: Say = lambda s: None) -> None:
             _run(["ip", "netns", "del", h.netns], check=False)
         if _link_exists(h.veth):
             _run(["ip", "link", "del", h.veth], check=False)
+    if _netns_exists(CLIENT_NETNS):
+        _run(["ip", "netns", "del", CLIENT_NETNS], check=False)
+    if _link_exists(CLIENT_VETH):
+        _run(["ip", "link", "del", CLIENT_VETH], check=False)
     if _link_exists(BRIDGE):
         say(f"removing bridge {BRIDGE}")
         _run(["ip", "link", "del", BRIDGE])
@@ -643,8 +683,8 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
 def leftovers() -> list[str]:
     """What of the lab is still on this machine (empty after a clean ``down``)."""
     left = []
-    left += [f"network namespace {h.netns}" for h in HOSTS if _netns_exists(h.netns)]
-    left += [f"link {name}" for name in [BRIDGE] + [h.veth for h in HOSTS] if _link_exists(name)]
+    left += [f"network namespace {n}" for n in [h.netns for h in HOSTS] + [CLIENT_NETNS] if _netns_exists(n)]
+    left += [f"link {name}" for name in [BRIDGE, CLIENT_VETH] + [h.veth for h in HOSTS] if _link_exists(name)]
     left += [f"process {pid}" for pid in _lab_pids() if _pid_alive(pid)]
     left += [f"mount {m}" for m in _lab_mounts()]
     left += [f"directory {d}" for d in (LAB_ROOT, RUN_ROOT) if d.exists()]
