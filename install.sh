@@ -29,7 +29,7 @@ if [ -n "${major}" ] && [ "${major}" -lt 12 ] 2>/dev/null; then
 fi
 
 # ---------------------------------------------------------------- Debian packages
-runtime_pkgs=(docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables
+runtime_pkgs=(docker.io containerd runc openssh-server openssh-client iproute2 busybox-static iptables nftables
   python3 python3-venv ca-certificates xz-utils tar util-linux procps zstd)
 # Debian 13 split Docker's client out of docker.io (which then has no /usr/bin/docker) into docker-cli.
 if [ "${major:-0}" -ge 13 ] 2>/dev/null || [ -z "${VERSION_ID:-}" ]; then runtime_pkgs+=(docker-cli); fi

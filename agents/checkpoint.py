@@ -257,11 +257,12 @@ class RestoreMapFiles(NamedTuple):
     lazy: Path
     gate: Path
     netns: Path
+    lock: Path   # the network lock's nft rules: restore_gate.py locks the new namespace before the endpoint is in
 
 
 def restore_map_files(cid: str) -> RestoreMapFiles:
     return RestoreMapFiles(RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
-                           RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns")
+                           RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns", RESTORE_MAPS / f"{cid}.lock")
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None, criu_extra: str = "") -> None:
@@ -277,7 +278,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
     temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
-    mapping, conf, lazy, _, netns = restore_map_files(info["Id"])
+    mapping, conf, lazy, _, netns, lock = restore_map_files(info["Id"])
     if lazy_dir is not None and not fast:
         raise RestoreError("a post-copy restore needs the cmigrate-runc runtime on this host",
                            hint="register it with dockerd (see README)")
@@ -294,7 +295,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
         (temp / "cmigrate-nonce").write_text(temp_name)
         dk.start_from_checkpoint(info["Id"], temp_name)
     finally:
-        for f in (mapping, conf, lazy, netns):
+        for f in (mapping, conf, lazy, netns, lock):
             f.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         _remove_containerd_copy(temp_name)
@@ -389,9 +390,11 @@ class GatedRestore:
     the wrapper reads end-of-file (or cannot connect) and refuses the restore: nothing runs from images that were
     not verified, and nothing waits forever."""
 
-    def __init__(self, info: dict, images: Path, netns: bool = False, criu_extra: str = "") -> None:
+    def __init__(self, info: dict, images: Path, netns: bool = False, criu_extra: str = "",
+                 lock_rules: str | None = None) -> None:
         """``netns``: the source dumps the network namespace as external; the wrapper makes it before the gate.
-        ``criu_extra``: CRIU options for this restore (``tcp-close``, say)."""
+        ``criu_extra``: CRIU options for this restore (``tcp-close``, say). ``lock_rules``: nft rules the wrapper
+        locks the new namespace with before the endpoint moves in (agents/netlock.py; with ``netns`` only)."""
         if (info["HostConfig"].get("Runtime") or "") != FAST_RUNTIME:
             raise RestoreError("a gated restore needs the cmigrate-runc runtime")
         rootfs.upper_dir(info)   # overlay2 only, as for any restore of ours
@@ -399,11 +402,15 @@ class GatedRestore:
         self.merged = Path(info["GraphDriver"]["Data"]["MergedDir"])
         files = restore_map_files(info["Id"])
         self.path, self.netns, self.lazy, self.made_netns = files.gate, files.netns, files.lazy, netns
+        self.lock = files.lock
         RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         self.netns.unlink(missing_ok=True)
+        self.lock.unlink(missing_ok=True)
         if netns:
             self.netns.write_text("external\n")
+            if lock_rules:
+                self.lock.write_text(lock_rules)
         self.conn: socket.socket | None = None
         self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(self.path))
@@ -488,6 +495,7 @@ class GatedRestore:
             self.sock = None
             self.path.unlink(missing_ok=True)
         self.netns.unlink(missing_ok=True)
+        self.lock.unlink(missing_ok=True)
 
 
 def forget_netns_path(state_file: Path) -> None:

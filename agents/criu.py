@@ -47,6 +47,12 @@ def criu_env(work: Path, extra: str = "") -> dict:
     return {**os.environ, "CRIU_CONFIG_FILE": str(conf)}
 
 
+def runc_flags(criu_extra: str) -> list[str]:
+    """What of CRIU's per-run options must go to runc as flags: runc's request to CRIU sets tcp-established
+    (false unless told), which overrides the config file."""
+    return ["--tcp-established"] if "tcp-established" in criu_extra.splitlines() else []
+
+
 def criu_stats(path: Path) -> dict:
     """CRIU's stats-dump image: pages scanned/written, frozen and memory-dump times (microseconds)."""
     try:
@@ -134,7 +140,8 @@ def freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, o
     page server at its far end); ``parent``: pre-copy's last pre-dump. Returns the page bytes streamed. On failure
     the container is thawed and runs on."""
     images, scratch = _freeze(runc_root, cid, work)
-    argv = ["checkpoint", "--leave-running", "--image-path", str(images), "--work-path", str(scratch)]
+    argv = ["checkpoint", "--leave-running", *runc_flags(criu_extra), "--image-path", str(images), "--work-path",
+            str(scratch)]
     if parent:   # pre-copy: only what was dirtied since the last pre-dump; CRIU links images/parent to it
         argv += ["--parent-path", f"../{parent}"]
     stream = None
@@ -202,7 +209,7 @@ class LazyDump:
         self.pages, self.log = pages, scratch / "dump.log"
         ready_r, ready_w = os.pipe()
         self.proc = subprocess.Popen(
-            ["runc", "--root", str(runc_root), "checkpoint", "--leave-running", "--lazy-pages",
+            ["runc", "--root", str(runc_root), "checkpoint", "--leave-running", "--lazy-pages", *runc_flags(criu_extra),
              "--page-server", link.UNUSED_PAGE_SERVER, "--status-fd", str(ready_w), "--image-path", str(images),
              "--work-path", str(scratch), cid],
             pass_fds=[ready_w, criu.fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

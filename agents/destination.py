@@ -22,7 +22,7 @@ from pathlib import Path
 import docker.errors
 import zstandard
 
-from agents import criu, journal, link, trust
+from agents import criu, journal, link, netlock, trust
 from agents.checkpoint import GatedRestore, restore_from, restore_map_files, this_host
 from agents.dockerd import FAST_RUNTIME, Docker
 from agents.journal import CHECKPOINT, IMAGES, JOURNAL
@@ -50,6 +50,7 @@ class DestinationMigration:
         self.lazy: criu.LazyPages | None = None
         self.gated: GatedRestore | None = None
         self.criu_extra = ""     # CRIU options for the restore (tcp-close: connections come back closed)
+        self.keep_ip = False     # the restored container's network stays locked until it runs (agents/netlock.py)
 
     @property
     def work(self) -> Path:
@@ -74,6 +75,12 @@ class DestinationMigration:
         networks = args.get("networks") or []
         if len(networks) > 1 or (networks and networks[0] not in ("bridge", "host", "none")):
             config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: {}}}
+        self.keep_ip = bool(args.get("keep_ip"))
+        if self.keep_ip:   # the same address and MAC (checked free by the preflight)
+            ep = args["endpoints"][0]
+            config["NetworkingConfig"] = {"EndpointsConfig": {ep["network"]: {
+                "IPAMConfig": {"IPv4Address": ep["ip"]}, "MacAddress": ep["mac"]}}}
+            config["MacAddress"] = ep["mac"]   # where Docker < 25 reads it
         dk = Docker()
         try:
             runtime = config["HostConfig"].get("Runtime") or "runc"
@@ -100,7 +107,8 @@ class DestinationMigration:
         self.container_id = cid
         self.volumes = sorted({v.name for v in dk.client.volumes.list()} - before)
         journal.write(self._begin(), role="destination", migration_id=self.id, container_id=cid, name=name,
-                      volumes=self.volumes, state="created", source=args.get("source"), **journal.identity())
+                      volumes=self.volumes, state="created", source=args.get("source"),
+                      keep_ip=bool(args.get("keep_ip")), **journal.identity())
         return cid
 
     def _arm_restore(self, info: dict, args: dict) -> bool:
@@ -111,7 +119,11 @@ class DestinationMigration:
         # Docker's prestart hook binds the namespace to its sandbox key: none without networking at all
         netns = (bool(args.get("netns")) and mode != "host" and not mode.startswith("container:")
                  and not info["Config"].get("NetworkDisabled"))
-        self.gated = GatedRestore(info, self.work / CHECKPOINT, netns, self.criu_extra)
+        if self.keep_ip and not netns:
+            raise PreflightError("--keep-ip needs the network namespace made before the freeze, which this container "
+                                 "cannot have here", container=info["Name"].lstrip("/"))
+        self.gated = GatedRestore(info, self.work / CHECKPOINT, netns, self.criu_extra,
+                                  netlock.RULES if self.keep_ip else None)
         if args.get("wait_gate", True):
             self.gated.wait_ready()
         return netns
@@ -191,6 +203,8 @@ class DestinationMigration:
         if self.gated is not None:   # Docker waits at the gate: let it restore
             gated, self.gated = self.gated, None
             gated.release(Path(args["lazy_dir"]) if args.get("lazy_dir") else None)
+            if self.keep_ip and args.get("lazy_dir"):   # post-copy runs here from now on, whatever happens
+                self._unlock_and_announce()
             return {"running_at": time.time()}
         dk = Docker()
         try:
@@ -199,6 +213,12 @@ class DestinationMigration:
             return {"running_at": time.time()}
         finally:
             dk.close()
+
+    def _unlock_and_announce(self) -> None:
+        """The container stays here: its network opens, and the segment learns where its address now is. In
+        stop-copy and pre-copy that is at the commit point, not at the restore: a rollback before it then finds
+        the source's connections exactly as the peers left them (nothing here has answered them)."""
+        _open_network(self.container_id)
 
     def wait_pages(self, args: dict, ch) -> dict:
         """Post-copy: until the lazy-pages daemon has every page (it exits); the seconds since it started.
@@ -219,6 +239,8 @@ class DestinationMigration:
         the journal stays (state committed), until the source has let go (``dest.forget``)."""
         work = self.work
         journal.write(work, state="committed")
+        if self.keep_ip:
+            _open_network(self.container_id)
         if hasattr(ch.stdin, "timeout"):
             ch.stdin.timeout = None   # the lease ends: from here the container stays, whatever the CLI does
         for entry in work.iterdir():
@@ -305,12 +327,29 @@ class DestinationMigration:
 # ---------------------------------------------------------------- helpers
 def _restore_options(args: dict, runtime: str, name: str) -> str:
     """CRIU's options for this migration's restore, which only the cmigrate-runc runtime can hand to CRIU."""
-    if not args.get("tcp_close"):
+    option = "tcp-close" if args.get("tcp_close") else "tcp-established" if args.get("keep_ip") else None
+    if option is None:
         return ""
     if runtime != FAST_RUNTIME:
-        raise PreflightError(f"--tcp-close needs the {FAST_RUNTIME} runtime on this host, to pass CRIU's tcp-close "
-                             "to the restore", container=name, hint="install cmigrate here with ./install.sh")
-    return "tcp-close\n"
+        raise PreflightError(f"--{'tcp-close' if args.get('tcp_close') else 'keep-ip'} needs the {FAST_RUNTIME} "
+                             f"runtime on this host, to pass CRIU's {option} to the restore", container=name,
+                             hint="install cmigrate here with ./install.sh")
+    return option + "\n"
+
+
+def _open_network(container_id: str) -> None:
+    """Unlock the container's network (agents/netlock.py) and announce its addresses, if it is locked."""
+    dk = Docker()
+    try:
+        pid = dk.inspect(container_id)["State"].get("Pid")
+    except MigrationError:
+        return   # gone: nothing to open
+    finally:
+        dk.close()
+    netns = f"/proc/{pid}/ns/net"
+    if pid and netlock.locked(netns):
+        netlock.unlock(netns)
+        netlock.announce(netns)
 
 
 def _watch_link(ch, args: dict) -> None:
@@ -409,6 +448,8 @@ def preflight(args: dict, ch) -> dict:
         trust.require_trusted(args.get("host_config") or {}, name, args.get("source"),
                               bool(args.get("allow_privileged")))
         _refuse_in_the_way(dk, name, args)
+        if args.get("keep_ip"):
+            _require_address(dk, name, args.get("endpoints") or [])
         _require_disk(dk, name, int(args.get("bytes_needed", 0)))
         image = _image_match(dk, args["image_id"], args["image_name"], args.get("image_layers", []))
         return {"image": image, "criu": found.to_dict(), "docker_version": dk.info().get("ServerVersion"),
@@ -433,6 +474,25 @@ def _refuse_in_the_way(dk: Docker, name: str, args: dict) -> None:
         if dk.client.volumes.list(filters={"name": f"^{vol}$"}):
             raise PreflightError(f"volume {vol} already exists", container=name,
                                  hint="remove it there, or migrate into a host without it")
+
+
+def _require_address(dk: Docker, name: str, endpoints: list[dict]) -> None:
+    """--keep-ip: a network here with the same name and subnet, and the address free on it."""
+    if len(endpoints) != 1 or not endpoints[0].get("ip") or not endpoints[0].get("subnet"):
+        raise PreflightError("--keep-ip moves a container on exactly one user-defined network with an IPv4 address",
+                             container=name)
+    ep = endpoints[0]
+    nets = dk.client.networks.list(names=[ep["network"]])
+    subnets = [c.get("Subnet") for c in ((nets[0].attrs.get("IPAM") or {}).get("Config") or [])] if nets else []
+    if ep["subnet"] not in subnets:
+        raise PreflightError(f"--keep-ip: this host has no network {ep['network']} with subnet {ep['subnet']}",
+                             container=name, hint="create it with the same subnet on the same segment (macvlan, "
+                                                  "ipvlan), or migrate without --keep-ip")
+    taken = dk.api.inspect_network(nets[0].id).get("Containers") or {}
+    for other in taken.values():
+        if (other.get("IPv4Address") or "").split("/")[0] == ep["ip"]:
+            raise PreflightError(f"--keep-ip: address {ep['ip']} is in use here, by {other.get('Name')}",
+                                 container=name)
 
 
 def _require_disk(dk: Docker, name: str, need: int) -> None:
@@ -472,8 +532,13 @@ def receive_image(args: dict, ch) -> dict:
 
 
 def forget(args: dict, ch) -> dict:
-    """The migration is over on both hosts: its journal goes."""
-    shutil.rmtree(journal.workdir(args["migration_id"], "dst"), ignore_errors=True)
+    """The migration is over on both hosts: its journal goes (and a container still locked for the move, its
+    agent having died between the commit and the unlock, opens)."""
+    work = journal.workdir(args["migration_id"], "dst")
+    found = journal.read(work) or {}
+    if found.get("keep_ip") and found.get("state") == "committed":
+        _open_network(found["container_id"])
+    shutil.rmtree(work, ignore_errors=True)
     return {"forgotten": True}
 
 

@@ -10,6 +10,9 @@ the restore, and the message goes to Docker's error.
    ``libnetwork-setkey``: dockerd moves the endpoint in and configures it, ~0.1 s here) run against it, and the
    bundle's config.json then names the namespace (dockerd's bind mount of it) and has no prestart hooks left:
    runc hands it to CRIU as the external namespace (``--inherit-fd fd[..]:extRootNetNS``) and runs no hook.
+   With a ``MAP.lock`` (nft rules: ``--keep-ip``), the new namespace is locked with them *before* the hooks move
+   the endpoint in, so that it never answers for the address the frozen source still holds; the destination agent
+   unlocks it once the restored container runs (agents/netlock.py).
 2. The gate: wait at the destination agent's socket ``MAP.gate`` until it says "go" (images verified); end of
    file, or no agent, refuses.
 """
@@ -60,7 +63,15 @@ def nsfs_mount(ino: int) -> str | None:
     return None
 
 
-def prepare_netns(cid: str, bundle: str) -> None:
+def lock(pid: int, rules_file: str) -> None:
+    with open(rules_file) as f:
+        res = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", "nft", "-f", "-"], stdin=f,
+                             capture_output=True, timeout=30)
+    if res.returncode != 0:
+        fail(f"cannot lock the restore's network namespace: {res.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+def prepare_netns(cid: str, bundle: str, rules_file: str | None = None) -> None:
     path = os.path.join(bundle, "config.json")
     with open(path) as f:
         spec = json.load(f)
@@ -70,6 +81,8 @@ def prepare_netns(cid: str, bundle: str) -> None:
     hooks = (spec.get("hooks") or {}).get("prestart") or []
     pid, hold = placeholder()
     try:
+        if rules_file is not None:
+            lock(pid, rules_file)
         state = json.dumps({"ociVersion": spec.get("ociVersion", "1.0.2"), "id": cid, "status": "created",
                             "pid": pid, "bundle": bundle, "annotations": spec.get("annotations") or {}})
         for hook in hooks:
@@ -115,7 +128,8 @@ def gate(sock_path: str) -> None:
 def main() -> None:
     mapping, bundle = sys.argv[1], sys.argv[2]
     if os.path.exists(mapping + ".netns"):
-        prepare_netns(os.path.basename(mapping), bundle)
+        prepare_netns(os.path.basename(mapping), bundle,
+                      mapping + ".lock" if os.path.exists(mapping + ".lock") else None)
     if os.path.exists(mapping + ".gate"):
         gate(mapping + ".gate")
     sys.stdout.flush()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zstandard
 
-from agents import checkpoint, connections, criu, journal, link, rootfs
+from agents import checkpoint, connections, criu, journal, link, netlock, rootfs
 from agents.checkpoint import META_DIR, lock_down, resume_after_failure, dir_size, this_host
 from agents.dockerd import Docker
 from agents.journal import CHECKPOINT, IMAGES, ContainerLock
@@ -86,6 +86,7 @@ class SourceMigration:
                 "criu": found.to_dict(), "docker_version": dk.info().get("ServerVersion"), "platform": dk.versions(),
                 "lazy_pipes_problem": criu.lazy_pipes_problem(),
                 "connections": connections.tcp_connections(info["State"]["Pid"]),
+                "endpoints": _endpoints(dk, info),
                 "runc_state": dk.runc_root(info) is not None,   # dumps through runc, with our CRIU options
             }
         finally:
@@ -152,6 +153,7 @@ class SourceMigration:
             # the destination made the network namespace: CRIU must not; tcp-close: connections restore closed
             extra = criu.external_netns(runc_root, cid) if runc_root and args.get("external_netns") else ""
             extra += "tcp-close\n" if args.get("tcp_close") else ""
+            extra += "tcp-established\n" if args.get("keep_ip") else ""
             t0 = time.time()
             if runc_root:
                 policy, page_bytes = None, self._dump_with_runc(runc_root, cid, name, work, parent, extra, args, ch)
@@ -181,20 +183,25 @@ class SourceMigration:
         if args.get("lazy"):
             pages = self._link("pages", "no page link was opened for this post-copy migration")
             try:
+                _lock_network(cid, args)
                 self.lazy = criu.LazyDump(runc_root, cid, work, pages, extra)
             except BaseException:
+                _unlock_network(cid)
                 shutil.rmtree(work, ignore_errors=True)
                 raise
             return 0
         conn = self._link("data", "no direct data link was opened for this migration") if args.get("page_link") \
             else None
         try:
+            _lock_network(cid, args)
             return criu.freeze_dump(runc_root, cid, work, conn, _throttled(ch),
                                     args.get("destination") or "the destination", parent, extra)
         except MigrationError as exc:   # thawed already; the destination never got the files to restore
+            _unlock_network(cid)
             shutil.rmtree(work, ignore_errors=True)
             raise DumpAborted(exc.message, container=name, detail=exc.detail, hint=exc.hint) from exc
         except BaseException:
+            _unlock_network(cid)
             shutil.rmtree(work, ignore_errors=True)
             raise
 
@@ -269,6 +276,7 @@ class SourceMigration:
                 return {"running": False, "gone": True}
             runc_root = dk.runc_root(info)
             if criu.runc_state(runc_root, cid) == "paused" and not info["State"].get("Paused"):
+                _unlock_network(cid, info)   # --keep-ip locked it: before a single instruction runs again
                 res = criu.thaw(runc_root, cid)   # frozen by source.dump: thawing is the whole rollback
                 if res.returncode != 0:
                     raise RollbackError(f"cannot thaw container {info['Name'].lstrip('/')}: {res.stderr.strip()}",
@@ -346,6 +354,19 @@ def _description(info: dict, image: dict) -> dict:
     }
 
 
+def _endpoints(dk: Docker, info: dict) -> list[dict]:
+    """Each network the container is on, with its address, MAC and the network's subnet: what --keep-ip keeps."""
+    found = []
+    for net, ep in sorted(((info.get("NetworkSettings") or {}).get("Networks") or {}).items()):
+        try:
+            ipam = (dk.api.inspect_network(ep.get("NetworkID") or net).get("IPAM") or {}).get("Config") or []
+        except Exception:   # docker.errors.NotFound and friends: a network without IPAM config has no subnet
+            ipam = []
+        found.append({"network": net, "ip": ep.get("IPAddress") or "", "mac": ep.get("MacAddress") or "",
+                      "subnet": ipam[0].get("Subnet") if ipam else None})
+    return found
+
+
 def _volumes(dk: Docker, info: dict, container: str) -> list[dict]:
     """The container's volumes, each of which moves with it: local, its alone, and only of what a tar carries."""
     volumes = []
@@ -379,6 +400,35 @@ def _memory_bytes(cid: str) -> int:
 
 
 # ---------------------------------------------------------------- helpers of the freeze and the end
+def _netns_of(cid: str, info: dict | None = None) -> str | None:
+    if info is None:
+        dk = Docker()
+        try:
+            info = dk.inspect(cid)
+        finally:
+            dk.close()
+    pid = info["State"].get("Pid")
+    return f"/proc/{pid}/ns/net" if pid else None
+
+
+def _lock_network(cid: str, args: dict) -> None:
+    """--keep-ip: from here the source neither answers for its address nor sends (agents/netlock.py)."""
+    if args.get("keep_ip"):
+        try:
+            netlock.lock(_netns_of(cid))
+        except OSError as exc:
+            raise CheckpointError(str(exc), container=cid) from exc
+
+
+def _unlock_network(cid: str, info: dict | None = None) -> None:
+    """Undo ``_lock_network`` (nothing if it is not locked); the segment hears the address is here again (the
+    destination may have announced it meanwhile, with the same MAC)."""
+    netns = _netns_of(cid, info)
+    if netns is not None and netlock.locked(netns):
+        netlock.unlock(netns)
+        netlock.announce(netns)
+
+
 def _runc_root(cid: str) -> Path | None:
     dk = Docker()
     try:

@@ -271,6 +271,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                         "sends them")
     p.add_argument("--keep-source", action="store_true",
                    help="leave the source container stopped with its checkpoint instead of removing it")
+    p.add_argument("--keep-ip", action="store_true",
+                   help="keep the container's IP and MAC address, and its TCP connections, on DESTINATION (a network "
+                        "of the same name and subnet on one layer-2 segment: macvlan, ipvlan)")
     p.add_argument("--tcp-close", action="store_true",
                    help="move a container that holds TCP connections by closing them: they end when the source lets "
                         "go, and clients reconnect to its new address (without it, such a container is refused)")
@@ -308,7 +311,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                          io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
                          precopy=PrecopyRule(args.precopy_iterations, args.precopy_min_pages, args.precopy_shrink),
                          stream_pages=args.stream_pages, allow_privileged=args.allow_privileged,
-                         tcp_close=args.tcp_close)
+                         tcp_close=args.tcp_close, keep_ip=args.keep_ip)
     finally:
         bars.close()
     if args.json:

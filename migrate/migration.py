@@ -144,7 +144,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = DEFAULT_IO_TIMEOUT, progress: Progress | None = None, agent: str | None = None,
             data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None,
-            allow_privileged: bool = False, tcp_close: bool = False) -> Report:
+            allow_privileged: bool = False, tcp_close: bool = False, keep_ip: bool = False) -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
@@ -163,6 +163,11 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     clients see the connection end when the source lets go, and reconnect to the container's new address.
     Without it such a container is refused before the freeze, naming its connections.
 
+    ``keep_ip``: the container keeps its IP and MAC address on the destination, and its TCP connections (CRIU's
+    tcp-established). Both hosts need a network of that name and subnet on one layer-2 segment (macvlan, ipvlan);
+    the container's network is locked on both hosts for the move, so that never two answer for the address, and
+    the destination announces it (unsolicited ARP) once the container runs there.
+
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
     machine; ``auto`` tries direct and falls back to relay (the report says which was used, and why).
@@ -180,17 +185,26 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
         raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
     if not 1 <= level <= 19:
         raise UsageError(f"compression level {level} is out of range 1..19")
-    if tcp_close and keep_source:
-        raise UsageError("--tcp-close leaves no source checkpoint that restores as it was: drop --keep-source")
+    _check_connection_options(tcp_close, keep_ip, keep_source)
     if io_timeout is None:
         raise UsageError("an I/O timeout is needed: a migration never waits forever on a silent host")
     validate_timeout(io_timeout)
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
-    m.allow_privileged, m.tcp_close = allow_privileged, tcp_close
+    m.allow_privileged, m.tcp_close, m.keep_ip = allow_privileged, tcp_close, keep_ip
     m.precopy = precopy or PrecopyRule()
     return m.run()
+
+
+def _check_connection_options(tcp_close: bool, keep_ip: bool, keep_source: bool) -> None:
+    if tcp_close and keep_ip:
+        raise UsageError("--keep-ip keeps the connections: drop --tcp-close")
+    if keep_ip and keep_source:
+        raise UsageError("--keep-ip: the source's checkpoint would hold the address the destination now has: drop "
+                         "--keep-source")
+    if tcp_close and keep_source:
+        raise UsageError("--tcp-close leaves no source checkpoint that restores as it was: drop --keep-source")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -218,6 +232,8 @@ class _Migration:
         self.finished = False   # the source let go of the container
         self.allow_privileged = False
         self.tcp_close = False   # connected TCP sockets restore closed (CRIU's tcp-close)
+        self.keep_ip = False     # the same address on the destination, connections kept (CRIU's tcp-established)
+        self.t_freeze = 0.0
         self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
 
     def phase(self, name: str, t0: float) -> None:
@@ -270,6 +286,8 @@ class _Migration:
         self.fault("restored")
         # ---- commit point: the destination keeps the container; the source lets go of it
         self.dst.call("dest.commit", migration_id=self.id)
+        if self.keep_ip and self.report.mode != "post-copy":   # its network opened only now (agents/netlock.py)
+            self.report.downtime = time.monotonic() - self.t_freeze
         self.state = "committed"
         self.fault("committed")
         self._finish(info)
@@ -305,7 +323,8 @@ class _Migration:
                             networks=info["networks"], bytes_needed=need,
                             named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64],
                             host_config=info["host_config"], source=self.src_name,
-                            allow_privileged=self.allow_privileged)
+                            allow_privileged=self.allow_privileged, keep_ip=self.keep_ip,
+                            endpoints=info.get("endpoints") or [])
         r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
         r.platform = {self.src_name: info.get("platform") or {}, self.dst_name: pre.get("platform") or {}}
         r.mode = self._choose_mode(info["criu"], pre["criu"])
@@ -320,18 +339,18 @@ class _Migration:
         """A container with TCP connections moves only if they may be closed: its address changes, and CRIU cannot
         bind a connection back to another one. Refused here, before the freeze, naming them."""
         found = info.get("connections") or []
-        if self.tcp_close and not info.get("runc_state"):
-            raise PreflightError("--tcp-close needs the container's runc state on the source (runc runtime)",
+        if (self.tcp_close or self.keep_ip) and not info.get("runc_state"):
+            raise PreflightError(f"--{'tcp-close' if self.tcp_close else 'keep-ip'} needs the container's runc state on the source (runc runtime)",
                                  host=self.src_name, container=self.container)
-        if found and not self.tcp_close:
+        if found and not (self.tcp_close or self.keep_ip):
             shown = ", ".join(f"{c['local']} <-> {c['peer']}" for c in found[:3]) + \
                 (f" and {len(found) - 3} more" if len(found) > 3 else "")
             n = len(found)
             raise PreflightError(
                 f"container {self.container} holds {n} TCP connection{'s' if n > 1 else ''} ({shown}), which "
                 "cannot follow it to a new address", host=self.src_name, container=self.container,
-                hint="--tcp-close moves it and closes them, and their clients reconnect to the new address; this "
-                     "version cannot keep its IP address, which keeping them needs")
+                hint="--keep-ip keeps them, on a network both hosts share; --tcp-close moves it and closes them, "
+                     "and their clients reconnect to the new address")
 
     def _send_image(self, info: dict) -> str:
         """The container's image, from the source's Docker to the destination's; the reference to create from."""
@@ -355,6 +374,7 @@ class _Migration:
                                 host_config=info["host_config"], networks=info["networks"],
                                 migration_id=self.id, io_timeout=self.io_timeout, source=self.src_name,
                                 allow_privileged=self.allow_privileged, tcp_close=self.tcp_close,
+                                keep_ip=self.keep_ip, endpoints=info.get("endpoints") or [],
                                 arm_restore=True, netns=bool(info.get("runc_state")) and not self.keep_source,
                                 wait_gate=r.mode != "stop-copy" or info["memory_bytes"] < WAIT_GATE_BELOW)
         self.dst_id = r.destination_id = created["id"]
@@ -383,7 +403,7 @@ class _Migration:
         receive_args = {"migration_id": self.id, "volume_sources": self.volume_sources,
                         "io_timeout": self.io_timeout}
         self.emit({"event": "phase", "phase": "dump"})
-        t_freeze = time.monotonic()
+        t_freeze = self.t_freeze = time.monotonic()
         if r.data_path == "direct":
             sent = self._freeze_direct(info, send_args, receive_args, parent)
         else:
@@ -478,7 +498,8 @@ class _Migration:
         t = time.monotonic()
         dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                          destination=self.dst_name, parent=parent,
-                                         external_netns=self.external_netns, tcp_close=self.tcp_close)
+                                         external_netns=self.external_netns, tcp_close=self.tcp_close,
+                                         keep_ip=self.keep_ip)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
         self.fault("frozen")
@@ -509,7 +530,7 @@ class _Migration:
                                              destination=self.dst_name, parent=parent,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              external_netns=self.external_netns, tcp_close=self.tcp_close,
-                                             progress=lambda m: on_bytes(m.get("bytes", 0)))
+                                             keep_ip=self.keep_ip, progress=lambda m: on_bytes(m.get("bytes", 0)))
         except DumpAborted as exc:
             self.state = "prepared"   # the source thawed it; the destination cannot have restored anything
             cause = self._collect_dest()

@@ -16,6 +16,10 @@ import json, subprocess, sys
 state = json.load(sys.stdin)
 target, seen = sys.argv[1], sys.argv[2]
 open(seen, "w").write(json.dumps(state))
+# what the namespace holds when Docker's hook would move the endpoint in: a lock, if one was asked for
+tables = subprocess.run(["nsenter", f"--net=/proc/{state['pid']}/ns/net", "nft", "list", "tables"],
+                        capture_output=True, text=True).stdout
+open(seen + ".tables", "w").write(tables)
 if sys.argv[3] == "fail":
     sys.exit("no endpoint for you")
 subprocess.run(["mount", "--bind", f"/proc/{state['pid']}/ns/net", target], check=True)
@@ -96,3 +100,27 @@ def test_the_gate_refuses_when_no_agent_listens(bundle, tmp_path):
     res = _run(maps, "c4", made)
     assert res.returncode != 0
     assert "restore cancelled" in res.stderr
+
+
+def test_with_a_lock_the_namespace_is_locked_before_the_endpoint_moves_in(bundle, tmp_path):
+    from agents import netlock
+    made, key, hook = bundle
+    _spec(made, key, hook)
+    maps = tmp_path / "maps"
+    (maps / "c5.netns").write_text("external\n")
+    (maps / "c5.lock").write_text(netlock.RULES)
+    res = _run(maps, "c5", made)
+    assert res.returncode == 0, res.stderr
+    tables = (made / "seen.tables").read_text()
+    assert f"table inet {netlock.TABLE}" in tables and f"table arp {netlock.TABLE}" in tables, tables
+    assert netlock.locked(str(key))   # and it stays locked for the destination agent to open
+
+
+def test_without_a_lock_the_namespace_is_open(bundle, tmp_path):
+    made, key, hook = bundle
+    _spec(made, key, hook)
+    maps = tmp_path / "maps"
+    (maps / "c6.netns").write_text("external\n")
+    res = _run(maps, "c6", made)
+    assert res.returncode == 0, res.stderr
+    assert (made / "seen.tables").read_text().strip() == ""
