@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up and run the main job in the local two-host lab: the seed document's counter container is
 # started on hostA and live-migrated to hostB, where it keeps counting from where it was. The lab stays up
-# afterwards (tear it down with: .venv/bin/cmigrate lab down).
+# afterwards (tear it down with: .venv/bin/cmigrate lab down). Then a server on the network both hosts share moves
+# there and back with --keep-ip while a client on the segment stays connected, printing what it receives.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./install.sh
@@ -25,3 +26,19 @@ $cmigrate cr hostB hostA | grep downtime
 sleep 1
 echo "   hostA goes on: $(docker_on hostA logs cr | tr '\n' ' ')"
 docker_on hostA rm -f cr >/dev/null
+
+echo "== --keep-ip: a server on the shared network, a client on the segment connected through both moves"
+for h in hostA hostB; do docker_on "$h" rm -f srv >/dev/null 2>&1 || true; done
+docker_on hostA run -d --name srv --network cmshared busybox sh -c \
+    "'i=0; while true; do echo tick \$i; i=\$(expr \$i + 1); sleep 0.5; done | nc -l -p 7000'" >/dev/null
+ip=$(docker_on hostA inspect -f '{{.NetworkSettings.Networks.cmshared.IPAddress}}' srv)
+sleep 1
+nsenter --net=/run/netns/cmlab-client busybox nc "$ip" 7000 | sed 's/^/   client got: /' &
+client=$!
+sleep 2
+$cmigrate --keep-ip srv hostA hostB | grep -E 'migrated|downtime'
+sleep 2
+$cmigrate --keep-ip srv hostB hostA | grep -E 'migrated|downtime'
+sleep 2
+kill "$client" 2>/dev/null || true
+docker_on hostA rm -f srv >/dev/null

@@ -295,18 +295,19 @@ MEMHOG_SOURCE = Path(__file__).parent / "workloads" / "memhog.c"
 FAST_RUNC = Path(__file__).resolve().parents[2] / "agents" / "cmigrate-runc"
 
 
-def build_memhog(out: Path) -> bytes:
-    """The memory workload (``memhog``), compiled static so it runs in the busybox image."""
-    _run(["cc", "-static", "-O2", "-o", str(out), str(MEMHOG_SOURCE)])
+def build_memhog(out: Path, source: Path | None = None) -> bytes:
+    """A workload (``memhog``, or ``source``), compiled static so that it runs in the busybox image."""
+    _run(["cc", "-static", "-O2", "-o", str(out), str(source or MEMHOG_SOURCE)])
     return out.read_bytes()
 
 
 def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
     """A minimal root filesystem, built offline (no registry here): busybox-static with a link per applet, and
-    the test workload ``memhog``."""
+    the test workloads ``memhog`` and ``udpecho``."""
     applets = _run([busybox, "--list-full"]).out.split()
     LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
     memhog = build_memhog(LAB_ROOT / "memhog")
+    udpecho = build_memhog(LAB_ROOT / "udpecho", MEMHOG_SOURCE.with_name("udpecho.c"))
     buf = io.BytesIO()
     now = int(time.time())
 
@@ -323,6 +324,7 @@ def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
         add("tmp", tarfile.DIRTYPE, 0o1777)
         add("bin/busybox", tarfile.REGTYPE, 0o755, Path(busybox).read_bytes())
         add("bin/memhog", tarfile.REGTYPE, 0o755, memhog)
+        add("bin/udpecho", tarfile.REGTYPE, 0o755, udpecho)
         for applet in applets:
             if applet != "bin/busybox":
                 add(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox")

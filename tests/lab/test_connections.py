@@ -132,3 +132,182 @@ def test_the_lab_has_a_shared_network_and_a_client_on_the_segment(both):
                 break
             assert time.monotonic() < deadline, f"the client cannot reach {host}'s {ip}: {res.stderr}"
             time.sleep(0.3)
+
+
+def _on_shared(d, *args: str) -> tuple[str, str]:
+    """An echo server (and counter) on the shared network: its name and address."""
+    name = d.run_detached("--network", lab.SHARED_NETWORK, *args, "busybox", "sh", "-c", SERVER)
+    ip = d("inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}", name).out.strip()
+    return name, ip
+
+
+class NumberedClient:
+    """Sends numbered lines over one connection, as fast as the echoes come back, and records every echo and
+    the longest wait for one: the client's view of a move."""
+
+    def __init__(self, ip: str) -> None:
+        import threading
+        deadline = time.monotonic() + 20
+        while True:   # the server listens again a moment after its previous client left
+            try:
+                self.conn = socket.create_connection((ip, 7000), timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"no echo server at {ip}:7000"
+                time.sleep(0.2)
+        self.sent = self.got = 0
+        self.longest = 0.0
+        self.error: BaseException | None = None
+        self.wrong: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = b""
+        try:
+            while not self.stop.is_set():
+                self.conn.sendall(f"{self.sent}\n".encode())
+                self.sent += 1
+                t0 = time.monotonic()
+                while b"\n" not in buf:
+                    chunk = self.conn.recv(4096)
+                    if not chunk:
+                        raise ConnectionError("end of stream")
+                    buf += chunk
+                self.longest = max(self.longest, time.monotonic() - t0)
+                line, buf = buf.split(b"\n", 1)
+                if line.decode() != str(self.got):
+                    self.wrong.append(line.decode())
+                self.got += 1
+                time.sleep(0.01)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(40)
+        self.conn.close()
+
+
+def test_keep_ip_keeps_the_address_and_a_tcp_connection_through_both_moves(both):
+    a, b = both
+    name, ip = _on_shared(a)
+    client = NumberedClient(ip)
+    time.sleep(1)
+    for src, dst, d_dst, mode in (("hostA", "hostB", b, "stop-copy"), ("hostB", "hostA", a, "post-copy")):
+        before = client.got
+        res = cmigrate("--keep-ip", "--mode", mode, name, src, dst)
+        assert res.status == 0, res.err
+        moved_ip = d_dst("inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}",
+                         name).out.strip()
+        assert moved_ip == ip
+        deadline = time.monotonic() + 20
+        while client.got < before + 20 and client.error is None:
+            assert time.monotonic() < deadline, f"the connection stalled after the move to {dst}"
+            time.sleep(0.1)
+        print(f"{src} -> {dst} ({mode}): {client.got} echoes so far, longest stall {client.longest:.3f} s")
+        assert client.error is None, f"the connection broke: {client.error}"
+    client.finish()
+    assert client.error is None and client.wrong == [] and client.got >= 40, (client.error, client.wrong[:5])
+
+
+def test_keep_ip_is_refused_where_the_address_cannot_be_kept(both):
+    a, b = both
+    on_bridge = a.run_detached("busybox", "sh", "-c", SERVER)
+    res = cmigrate("--keep-ip", on_bridge, "hostA", "hostB")
+    assert res.status == 1 and "--keep-ip: this host has no network bridge with subnet" in res.err, res.err
+    assert running(a, on_bridge) and absent(b, on_bridge)
+    name, ip = _on_shared(a)
+    squatter = b.run_detached("--network", lab.SHARED_NETWORK, "--ip", ip, "busybox", "sleep", "600")
+    res = cmigrate("--keep-ip", name, "hostA", "hostB")
+    assert res.status == 1 and f"--keep-ip: address {ip} is in use here, by {squatter}" in res.err, res.err
+    assert running(a, name) and absent(b, name) and no_work_left()
+
+
+def test_keep_ip_rolled_back_after_the_restore_keeps_the_connection_on_the_source(both):
+    # Ctrl-C once the destination runs, before the commit point: the destination's copy goes, never having
+    # answered the client (its network opens only at the commit), and the source thaws with the connection as
+    # the client left it
+    a, b = both
+    name, ip = _on_shared(a)
+    client = NumberedClient(ip)
+    time.sleep(1)
+    res = cmigrate("--keep-ip", name, "hostA", "hostB", env={"CMIGRATE_FAULT": "int-cli@restored"})
+    assert res.status == 130, res.err
+    assert running(a, name) and absent(b, name)
+    before = client.got
+    deadline = time.monotonic() + 20
+    while client.got < before + 20 and client.error is None:
+        assert time.monotonic() < deadline, "the connection stalled after the rollback"
+        time.sleep(0.1)
+    client.finish()
+    print(f"rolled back: {client.got} echoes, longest stall {client.longest:.3f} s")
+    assert client.error is None and client.wrong == [], (client.error, client.wrong[:5])
+    assert no_work_left()
+
+
+def test_keep_ip_a_udp_flow_gets_answers_again_from_the_same_address(both):
+    # the game-server case: datagrams every 20 ms; after each move the answers come back, from the same address,
+    # within the move's downtime plus one second
+    import threading
+    a, b = both
+    name = a.run_detached("--network", lab.SHARED_NETWORK, "busybox", "udpecho", "7001")
+    ip = a("inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}", name).out.strip()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.02)
+    answers: list[tuple[float, tuple]] = []
+    stop = threading.Event()
+
+    def flow() -> None:
+        n = 0
+        while not stop.is_set():
+            sock.sendto(f"{n}\n".encode(), (ip, 7001))
+            n += 1
+            try:
+                data, peer = sock.recvfrom(64)
+                answers.append((time.monotonic(), peer))
+            except socket.timeout:
+                pass
+    thread = threading.Thread(target=flow, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not answers:
+            assert time.monotonic() < deadline, f"no UDP answer from {ip}:7001"
+            time.sleep(0.1)
+        for src, dst in (("hostA", "hostB"), ("hostB", "hostA")):
+            res = cmigrate("--keep-ip", "--json", name, src, dst)
+            assert res.status == 0, res.err
+            import json
+            downtime = json.loads(res.out)["downtime"]
+            settled = time.monotonic()
+            time.sleep(downtime + 1.5)
+            after = [t for t, _ in answers if t > settled - downtime - 0.5]
+            gaps = [t2 - t1 for t1, t2 in zip([t for t, _ in answers][:-1], [t for t, _ in answers][1:])]
+            print(f"{src} -> {dst}: downtime {downtime:.3f} s, longest gap between answers {max(gaps):.3f} s")
+            assert after, f"no answer after the move to {dst}"
+            assert max(gaps) <= downtime + 1.0, f"answers stopped for {max(gaps):.3f} s (downtime {downtime:.3f} s)"
+            assert {peer for _, peer in answers} == {(ip, 7001)}
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def test_keep_ip_a_failed_dump_unlocks_the_source_and_its_connection_goes_on(both, failing_criu):
+    a, b = both
+    name, ip = _on_shared(a, "-e", "CMIGRATE_TEST_FAIL=1")
+    client = NumberedClient(ip)
+    time.sleep(1)
+    res = cmigrate("--keep-ip", name, "hostA", "hostB")
+    assert res.status == 1 and "checkpoint failed" in res.err and "runs on hostA again" in res.err, res.err
+    assert running(a, name) and absent(b, name)
+    before = client.got
+    deadline = time.monotonic() + 20
+    while client.got < before + 20 and client.error is None:
+        assert time.monotonic() < deadline, "the source's network stayed locked after the failed dump"
+        time.sleep(0.1)
+    client.finish()
+    assert client.error is None and client.wrong == [], (client.error, client.wrong[:5])
+    assert no_work_left()
