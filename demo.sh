@@ -33,7 +33,11 @@ docker_on hostA run -d --name srv --network cmshared busybox sh -c \
     "'i=0; while true; do echo tick \$i; i=\$(expr \$i + 1); sleep 0.5; done | nc -l -p 7000'" >/dev/null
 ip=$(docker_on hostA inspect -f '{{.NetworkSettings.Networks.cmshared.IPAddress}}' srv)
 sleep 1
-nsenter --net=/run/netns/cmlab-client busybox nc "$ip" 7000 | sed 's/^/   client got: /' &
+# the client: a machine on the segment (the lab's cmlab-client namespace), printing each line it receives
+nsenter --net=/run/netns/cmlab-client python3 -c '
+import socket, sys
+for line in socket.create_connection((sys.argv[1], 7000)).makefile():
+    print("   client got:", line.strip(), flush=True)' "$ip" &
 client=$!
 sleep 2
 $cmigrate --keep-ip srv hostA hostB | grep -E 'migrated|downtime'
