@@ -184,6 +184,13 @@ class NumberedClient:
         except BaseException as exc:
             self.error = exc
 
+    def goes_on(self, why: str, more: int = 20, timeout: float = 20.0) -> None:
+        """Wait until ``more`` further echoes came back (or the connection broke): ``why`` names a stall."""
+        before, deadline = self.got, time.monotonic() + timeout
+        while self.got < before + more and self.error is None:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.1)
+
     def finish(self) -> None:
         self.stop.set()
         self.thread.join(40)
@@ -196,16 +203,12 @@ def test_keep_ip_keeps_the_address_and_a_tcp_connection_through_both_moves(both)
     client = NumberedClient(ip)
     time.sleep(1)
     for src, dst, d_dst, mode in (("hostA", "hostB", b, "stop-copy"), ("hostB", "hostA", a, "post-copy")):
-        before = client.got
         res = cmigrate("--keep-ip", "--mode", mode, name, src, dst)
         assert res.status == 0, res.err
         moved_ip = d_dst("inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}",
                          name).out.strip()
         assert moved_ip == ip
-        deadline = time.monotonic() + 20
-        while client.got < before + 20 and client.error is None:
-            assert time.monotonic() < deadline, f"the connection stalled after the move to {dst}"
-            time.sleep(0.1)
+        client.goes_on(f"the connection stalled after the move to {dst}")
         print(f"{src} -> {dst} ({mode}): {client.got} echoes so far, longest stall {client.longest:.3f} s")
         assert client.error is None, f"the connection broke: {client.error}"
     client.finish()
@@ -236,11 +239,7 @@ def test_keep_ip_rolled_back_after_the_restore_keeps_the_connection_on_the_sourc
     res = cmigrate("--keep-ip", name, "hostA", "hostB", env={"CMIGRATE_FAULT": "int-cli@restored"})
     assert res.status == 130, res.err
     assert running(a, name) and absent(b, name)
-    before = client.got
-    deadline = time.monotonic() + 20
-    while client.got < before + 20 and client.error is None:
-        assert time.monotonic() < deadline, "the connection stalled after the rollback"
-        time.sleep(0.1)
+    client.goes_on("the connection stalled after the rollback")
     client.finish()
     print(f"rolled back: {client.got} echoes, longest stall {client.longest:.3f} s")
     assert client.error is None and client.wrong == [], (client.error, client.wrong[:5])
@@ -303,11 +302,7 @@ def test_keep_ip_a_failed_dump_unlocks_the_source_and_its_connection_goes_on(bot
     res = cmigrate("--keep-ip", name, "hostA", "hostB")
     assert res.status == 1 and "checkpoint failed" in res.err and "runs on hostA again" in res.err, res.err
     assert running(a, name) and absent(b, name)
-    before = client.got
-    deadline = time.monotonic() + 20
-    while client.got < before + 20 and client.error is None:
-        assert time.monotonic() < deadline, "the source's network stayed locked after the failed dump"
-        time.sleep(0.1)
+    client.goes_on("the source's network stayed locked after the failed dump")
     client.finish()
     assert client.error is None and client.wrong == [], (client.error, client.wrong[:5])
     assert no_work_left()
