@@ -92,8 +92,3 @@ def tcp_connections(init_pid: int) -> list[dict]:
                    for inode, (local, peer, state) in table.items() if inode in owned),
                   key=lambda c: (c["local"], c["peer"]))
 
-
-def describe(connections: list[dict], most: int = 3) -> str:
-    """``10.0.0.2:7 <-> 10.0.0.9:40312, ... and 4 more``, for a one-line message."""
-    shown = ", ".join(f"{c['local']} <-> {c['peer']}" for c in connections[:most])
-    return shown + (f" and {len(connections) - most} more" if len(connections) > most else "")

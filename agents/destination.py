@@ -50,7 +50,7 @@ class DestinationMigration:
         self.lazy: criu.LazyPages | None = None
         self.gated: GatedRestore | None = None
         self.criu_extra = ""     # CRIU options for the restore (tcp-close: connections come back closed)
-        self.keep_ip = False     # the restored container's network stays locked until it runs (agents/netlock.py)
+        self.keep_ip = False     # its network stays locked until the commit (post-copy: the restore); netlock.py
 
     @property
     def work(self) -> Path:
@@ -203,8 +203,10 @@ class DestinationMigration:
         if self.gated is not None:   # Docker waits at the gate: let it restore
             gated, self.gated = self.gated, None
             gated.release(Path(args["lazy_dir"]) if args.get("lazy_dir") else None)
-            if self.keep_ip and args.get("lazy_dir"):   # post-copy runs here from now on, whatever happens
-                self._unlock_and_announce()
+            # --keep-ip: the network opens at the commit point, so that a rollback before it finds the source's
+            # connections as the peers left them; post-copy runs here from now on, whatever happens
+            if self.keep_ip and args.get("lazy_dir"):
+                _open_network(self.container_id)
             return {"running_at": time.time()}
         dk = Docker()
         try:
@@ -213,12 +215,6 @@ class DestinationMigration:
             return {"running_at": time.time()}
         finally:
             dk.close()
-
-    def _unlock_and_announce(self) -> None:
-        """The container stays here: its network opens, and the segment learns where its address now is. In
-        stop-copy and pre-copy that is at the commit point, not at the restore: a rollback before it then finds
-        the source's connections exactly as the peers left them (nothing here has answered them)."""
-        _open_network(self.container_id)
 
     def wait_pages(self, args: dict, ch) -> dict:
         """Post-copy: until the lazy-pages daemon has every page (it exits); the seconds since it started.
@@ -346,10 +342,8 @@ def _open_network(container_id: str) -> None:
         return   # gone: nothing to open
     finally:
         dk.close()
-    netns = f"/proc/{pid}/ns/net"
-    if pid and netlock.locked(netns):
-        netlock.unlock(netns)
-        netlock.announce(netns)
+    if pid:
+        netlock.open_up(f"/proc/{pid}/ns/net")
 
 
 def _watch_link(ch, args: dict) -> None:

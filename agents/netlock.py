@@ -62,6 +62,14 @@ def unlock(netns: str) -> None:
         _in(netns, ["nft", "delete", "table", family, TABLE])
 
 
+def open_up(netns: str) -> None:
+    """If the namespace is locked: unlock it and announce its addresses (the other host may have announced them
+    meanwhile, with the same MAC)."""
+    if locked(netns):
+        unlock(netns)
+        announce(netns)
+
+
 def locked(netns: str) -> bool:
     return _in(netns, ["nft", "list", "table", "inet", TABLE]).returncode == 0
 

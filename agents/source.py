@@ -154,9 +154,10 @@ class SourceMigration:
             extra = criu.external_netns(runc_root, cid) if runc_root and args.get("external_netns") else ""
             extra += "tcp-close\n" if args.get("tcp_close") else ""
             extra += "tcp-established\n" if args.get("keep_ip") else ""
+            lock = _netns_of(info) if args.get("keep_ip") else None   # the network to lock for the move
             t0 = time.time()
             if runc_root:
-                policy, page_bytes = None, self._dump_with_runc(runc_root, cid, name, work, parent, extra, args, ch)
+                policy, page_bytes = None, self._dump_with_runc(runc_root, info, work, parent, extra, lock, args, ch)
             elif args.get("lazy") or parent:
                 raise CheckpointError("post-copy and pre-copy need the container's runc state on this host (runc "
                                       "runtime)")
@@ -176,32 +177,33 @@ class SourceMigration:
             result["sent"] = self._send_over_link(send, ch)
         return result
 
-    def _dump_with_runc(self, runc_root: Path, cid: str, name: str, work: Path, parent: str | None, extra: str,
-                        args: dict, ch) -> int:
-        """Freeze and dump through runc (``extra``: CRIU options); the page bytes streamed. On failure the
-        container is thawed already."""
+    def _dump_with_runc(self, runc_root: Path, info: dict, work: Path, parent: str | None, extra: str,
+                        lock: str | None, args: dict, ch) -> int:
+        """Freeze and dump through runc (``extra``: CRIU options; ``lock``: the network namespace to lock first,
+        --keep-ip); the page bytes streamed. On failure the container is thawed and unlocked already."""
+        cid, name = info["Id"], info["Name"].lstrip("/")
         if args.get("lazy"):
             pages = self._link("pages", "no page link was opened for this post-copy migration")
             try:
-                _lock_network(cid, args)
+                _lock_network(lock, cid)
                 self.lazy = criu.LazyDump(runc_root, cid, work, pages, extra)
             except BaseException:
-                _unlock_network(cid)
+                _unlock_network(lock)
                 shutil.rmtree(work, ignore_errors=True)
                 raise
             return 0
         conn = self._link("data", "no direct data link was opened for this migration") if args.get("page_link") \
             else None
         try:
-            _lock_network(cid, args)
+            _lock_network(lock, cid)
             return criu.freeze_dump(runc_root, cid, work, conn, _throttled(ch),
                                     args.get("destination") or "the destination", parent, extra)
         except MigrationError as exc:   # thawed already; the destination never got the files to restore
-            _unlock_network(cid)
+            _unlock_network(lock)
             shutil.rmtree(work, ignore_errors=True)
             raise DumpAborted(exc.message, container=name, detail=exc.detail, hint=exc.hint) from exc
         except BaseException:
-            _unlock_network(cid)
+            _unlock_network(lock)
             shutil.rmtree(work, ignore_errors=True)
             raise
 
@@ -276,7 +278,7 @@ class SourceMigration:
                 return {"running": False, "gone": True}
             runc_root = dk.runc_root(info)
             if criu.runc_state(runc_root, cid) == "paused" and not info["State"].get("Paused"):
-                _unlock_network(cid, info)   # --keep-ip locked it: before a single instruction runs again
+                _unlock_network(_netns_of(info))   # --keep-ip locked it: before a single instruction runs again
                 res = criu.thaw(runc_root, cid)   # frozen by source.dump: thawing is the whole rollback
                 if res.returncode != 0:
                     raise RollbackError(f"cannot thaw container {info['Name'].lstrip('/')}: {res.stderr.strip()}",
@@ -400,33 +402,24 @@ def _memory_bytes(cid: str) -> int:
 
 
 # ---------------------------------------------------------------- helpers of the freeze and the end
-def _netns_of(cid: str, info: dict | None = None) -> str | None:
-    if info is None:
-        dk = Docker()
-        try:
-            info = dk.inspect(cid)
-        finally:
-            dk.close()
+def _netns_of(info: dict) -> str | None:
     pid = info["State"].get("Pid")
     return f"/proc/{pid}/ns/net" if pid else None
 
 
-def _lock_network(cid: str, args: dict) -> None:
+def _lock_network(netns: str | None, cid: str) -> None:
     """--keep-ip: from here the source neither answers for its address nor sends (agents/netlock.py)."""
-    if args.get("keep_ip"):
+    if netns is not None:
         try:
-            netlock.lock(_netns_of(cid))
+            netlock.lock(netns)
         except OSError as exc:
             raise CheckpointError(str(exc), container=cid) from exc
 
 
-def _unlock_network(cid: str, info: dict | None = None) -> None:
-    """Undo ``_lock_network`` (nothing if it is not locked); the segment hears the address is here again (the
-    destination may have announced it meanwhile, with the same MAC)."""
-    netns = _netns_of(cid, info)
-    if netns is not None and netlock.locked(netns):
-        netlock.unlock(netns)
-        netlock.announce(netns)
+def _unlock_network(netns: str | None) -> None:
+    """Undo ``_lock_network`` (nothing if it is not locked), and tell the segment the address is here again."""
+    if netns is not None:
+        netlock.open_up(netns)
 
 
 def _runc_root(cid: str) -> Path | None:

@@ -68,6 +68,7 @@ def test_network_namespace_is_made_before_the_restore_and_named_to_runc(bundle, 
     assert "hooks" not in spec
     assert {"type": "network", "path": str(key)} in spec["linux"]["namespaces"]
     assert os.stat(key).st_ino != os.stat("/proc/self/ns/net").st_ino   # a namespace of its own, still there
+    assert (made / "seen.tables").read_text().strip() == ""   # no lock asked for: open when the endpoint moves in
     state = json.loads((made / "seen").read_text())
     assert state["id"] == "c1" and state["bundle"] == str(made)
 
@@ -115,12 +116,3 @@ def test_with_a_lock_the_namespace_is_locked_before_the_endpoint_moves_in(bundle
     assert f"table inet {netlock.TABLE}" in tables and f"table arp {netlock.TABLE}" in tables, tables
     assert netlock.locked(str(key))   # and it stays locked for the destination agent to open
 
-
-def test_without_a_lock_the_namespace_is_open(bundle, tmp_path):
-    made, key, hook = bundle
-    _spec(made, key, hook)
-    maps = tmp_path / "maps"
-    (maps / "c6.netns").write_text("external\n")
-    res = _run(maps, "c6", made)
-    assert res.returncode == 0, res.stderr
-    assert (made / "seen.tables").read_text().strip() == ""
