@@ -27,7 +27,8 @@ from agents.checkpoint import GatedRestore, restore_from, restore_map_files, thi
 from agents.dockerd import FAST_RUNTIME, Docker
 from agents.journal import CHECKPOINT, IMAGES, JOURNAL
 from agents.session import on_migration
-from migrate.errors import DockerError, MigrationError, PreflightError, RollbackError, TransportError
+from migrate.errors import (DockerError, MigrationError, PreflightError, RestoreError, RollbackError,
+                            TransportError)
 from migrate.hostinfo import require_criu
 from transport import streams
 from transport.agent import DEFAULT_IO_TIMEOUT
@@ -234,6 +235,7 @@ class DestinationMigration:
         """The commit point: from here the destination keeps the container, whatever happens to the CLI. Only
         the journal stays (state committed), until the source has let go (``dest.forget``)."""
         work = self.work
+        _require_kept(self.container_id)
         journal.write(work, state="committed")
         if self.keep_ip:
             _open_network(self.container_id)
@@ -331,6 +333,24 @@ def _restore_options(args: dict, runtime: str, name: str) -> str:
                              f"runtime on this host, to pass CRIU's {option} to the restore", container=name,
                              hint="install cmigrate here with ./install.sh")
     return option + "\n"
+
+
+def _require_kept(container_id: str) -> None:
+    """Before the commit: this host's Docker still takes new connections and runs the container. A dockerd told
+    to stop closes its socket at once, yet a request already under way (the restore's ``docker start``) goes on
+    and succeeds: then the daemon stops every container on its way out, this one too, after the commit had let
+    the source go."""
+    try:
+        dk = Docker(timeout=30)   # a client of its own: a new connection, not one the daemon let live on
+    except MigrationError as exc:
+        raise DockerError(f"Docker here stopped serving before the commit point: {exc}") from exc
+    try:
+        if not dk.inspect(container_id)["State"].get("Running"):
+            raise RestoreError("the restored container stopped before the commit point")
+    except DockerError as exc:
+        raise DockerError(f"Docker here stopped serving before the commit point: {exc}") from exc
+    finally:
+        dk.close()
 
 
 def _open_network(container_id: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,16 +49,18 @@ FAULTS: dict[str, tuple[str, str | None]] = {
     "dst-agent-killed": ("hook", _sh("kill -9 $CMIGRATE_DST_AGENT_PID")),
     "link-cut": ("hook", f"ip link set {HOST_B.veth} down"),
 }
-# hostB's dockerd stops while it restores (the destination restores as soon as the dump's last bytes are in).
-# SIGTERM: after a SIGKILL the lab's dockerd could not be started again (its new containerd came up without its
-# grpc socket, and dockerd gave up after 60 s), a lab problem rather than cmigrate's.
-DOCKERD_KILLED = ("dst-dockerd-stopped", "frozen")
-DOCKERD_SIGNAL = "TERM"
+# hostB's dockerd stops while it restores (the destination restores as soon as the dump's last bytes are in), or
+# once it has restored, before the commit (a request under way, the gated restore's start, outlives the daemon's
+# socket; the daemon then stops its containers on its way out). SIGTERM (tests/faults/stop_dockerd.py): after a
+# SIGKILL the lab's dockerd could not be started again (its new containerd came up without its grpc socket, and
+# dockerd gave up after 60 s), a lab problem rather than cmigrate's.
+DOCKERD = "dst-dockerd-stopped"
+DOCKERD_CELLS = [(DOCKERD, "frozen"), (DOCKERD, "restored")]
 # faults that need no phase: CRIU itself fails (through an action script in /etc/criu/runc.conf)
 CRIU_FAULTS = ("criu-dump-fails", "criu-restore-fails")
 # hostB's migration work dir on a small filesystem: too small from the start, or filled up mid-migration
 DISK_FULL = [("dst-disk-full", "preflight"), ("dst-disk-full", "transfer")]
-CELLS = [(f, p) for f in FAULTS for p in POINTS] + [(f, "-") for f in CRIU_FAULTS] + DISK_FULL + [DOCKERD_KILLED]
+CELLS = [(f, p) for f in FAULTS for p in POINTS] + [(f, "-") for f in CRIU_FAULTS] + DISK_FULL + DOCKERD_CELLS
 MID_TRANSFER = {(f, "transfer") for f in FAULTS}
 
 
@@ -239,9 +242,10 @@ def _migrate(a: RemoteDocker, b: RemoteDocker, name: str, fault: str, point: str
     if fault in CRIU_FAULTS:
         with _CriuFault("pre-dump" if fault == "criu-dump-fails" else "pre-restore"):
             res = _cli(*args)
-    elif fault == DOCKERD_KILLED[0]:
-        env = {"CMIGRATE_FAULT": "hook@frozen",
-               "CMIGRATE_FAULT_HOOK": f"sh -c 'kill -{DOCKERD_SIGNAL} $(cat {HOST_B.dockerd_pidfile})'"}
+    elif fault == DOCKERD:
+        hook = [sys.executable, str(Path(__file__).with_name("stop_dockerd.py")), str(HOST_B.dockerd_pidfile),
+                str(HOST_B.docker_socket)]
+        env = {"CMIGRATE_FAULT": f"hook@{point}", "CMIGRATE_FAULT_HOOK": shlex.join(hook)}
         try:
             res = _cli(*args, env=env)
         finally:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agents import journal
+from agents import destination, journal
 from agents.destination import DestinationMigration
 from agents.session import Session
 from agents.source import SourceMigration
@@ -69,7 +69,10 @@ def test_session_end_removes_unjournaled_predumps_and_uncommitted_destinations(r
     assert idle.committed
 
 
-def test_committed_destination_stays_after_the_session(root):
+def test_committed_destination_stays_after_the_session(root, monkeypatch):
+    # what the commit asks of Docker first (it still serves, the container runs) is the fault matrix's
+    # dst-dockerd-stopped@restored cell, on the lab
+    monkeypatch.setattr(destination, "_require_kept", lambda cid: None)
     s = Session()
     dst = s.get(DestinationMigration, "e5")
     dst.listen({"migration_id": "e5"}, None)
