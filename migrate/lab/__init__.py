@@ -461,6 +461,34 @@ def client(argv: list[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{CLIENT_NETNS}", "--", *argv]
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def client_socket(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket of the lab's client: made in its network namespace (a socket keeps the namespace it was made in),
+    by a thread that enters it and ends, so that this process stays where it is."""
+    import ctypes
+    import threading
+    made: dict = {}
+
+    def make() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            with open(f"/run/netns/{CLIENT_NETNS}") as ns:
+                if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {CLIENT_NETNS}")
+            made["sock"] = socket.socket(family, kind)
+        except OSError as exc:
+            made["error"] = exc
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise LabError(f"cannot make a socket on the lab's client: {made['error']}")
+    return made["sock"]
+
+
 def _make_shared_network(h: LabHost) -> None:
     """The macvlan network both hosts share (``SHARED_NETWORK``), on each host's eth0."""
     import docker.types

@@ -1,10 +1,15 @@
 """Containers that hold TCP connections: refused in one line before the freeze, naming the connections and the
 option; moved with --tcp-close, after which the client sees its connection end, reconnects to the container's
-new address, and the server goes on from where it was (hostA -> hostB in stop-copy, back in post-copy)."""
+new address, and the server goes on from where it was (hostA -> hostB in stop-copy, back in post-copy); moved
+with --keep-ip on the lab's shared network, in stop-copy and in post-copy, hostA -> hostB and back, while the
+lab's client (its own network namespace on the segment) keeps one TCP connection numbering lines through both
+moves, or a UDP flow."""
 from __future__ import annotations
 
 import socket
 import time
+
+import pytest
 
 from migrate import lab
 from tests.lab.conftest import cmigrate
@@ -149,12 +154,16 @@ class NumberedClient:
         import threading
         deadline = time.monotonic() + 20
         while True:   # the server listens again a moment after its previous client left
+            self.conn = lab.client_socket()   # a machine on the segment: the lab's client
+            self.conn.settimeout(30)
             try:
-                self.conn = socket.create_connection((ip, 7000), timeout=30)
+                self.conn.connect((ip, 7000))
                 break
             except OSError:
+                self.conn.close()
                 assert time.monotonic() < deadline, f"no echo server at {ip}:7000"
                 time.sleep(0.2)
+        assert self.conn.getsockname()[0] == lab.CLIENT_ADDR, self.conn.getsockname()   # from the client, really
         self.sent = self.got = 0
         self.longest = 0.0
         self.error: BaseException | None = None
@@ -197,12 +206,16 @@ class NumberedClient:
         self.conn.close()
 
 
-def test_keep_ip_keeps_the_address_and_a_tcp_connection_through_both_moves(both):
+MODES = ("stop-copy", "post-copy")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_keep_ip_keeps_the_address_and_a_tcp_connection_through_both_moves(both, mode):
     a, b = both
     name, ip = _on_shared(a)
     client = NumberedClient(ip)
     time.sleep(1)
-    for src, dst, d_dst, mode in (("hostA", "hostB", b, "stop-copy"), ("hostB", "hostA", a, "post-copy")):
+    for src, dst, d_dst in (("hostA", "hostB", b), ("hostB", "hostA", a)):
         res = cmigrate("--keep-ip", "--mode", mode, name, src, dst)
         assert res.status == 0, res.err
         moved_ip = d_dst("inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}",
@@ -246,14 +259,18 @@ def test_keep_ip_rolled_back_after_the_restore_keeps_the_connection_on_the_sourc
     assert no_work_left()
 
 
-def test_keep_ip_a_udp_flow_gets_answers_again_from_the_same_address(both):
-    # the game-server case: datagrams every 20 ms; after each move the answers come back, from the same address,
-    # within the move's downtime plus one second
+@pytest.mark.parametrize("mode", MODES)
+def test_keep_ip_a_udp_flow_gets_answers_again_from_the_same_address(both, mode):
+    # the game-server case: the lab's client sends a datagram every 20 ms; after each move the answers come back,
+    # from the same address, within the move's downtime plus one second
+    import json
     import threading
     a, b = both
     name = a.run_detached("--network", lab.SHARED_NETWORK, "busybox", "udpecho", "7001")
     ip = a("inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}", name).out.strip()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = lab.client_socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((ip, 7001))
+    assert sock.getsockname()[0] == lab.CLIENT_ADDR, sock.getsockname()
     sock.settimeout(0.02)
     answers: list[tuple[float, tuple]] = []
     stop = threading.Event()
@@ -276,15 +293,14 @@ def test_keep_ip_a_udp_flow_gets_answers_again_from_the_same_address(both):
             assert time.monotonic() < deadline, f"no UDP answer from {ip}:7001"
             time.sleep(0.1)
         for src, dst in (("hostA", "hostB"), ("hostB", "hostA")):
-            res = cmigrate("--keep-ip", "--json", name, src, dst)
+            res = cmigrate("--keep-ip", "--json", "--mode", mode, name, src, dst)
             assert res.status == 0, res.err
-            import json
             downtime = json.loads(res.out)["downtime"]
             settled = time.monotonic()
             time.sleep(downtime + 1.5)
             after = [t for t, _ in answers if t > settled - downtime - 0.5]
             gaps = [t2 - t1 for t1, t2 in zip([t for t, _ in answers][:-1], [t for t, _ in answers][1:])]
-            print(f"{src} -> {dst}: downtime {downtime:.3f} s, longest gap between answers {max(gaps):.3f} s")
+            print(f"{src} -> {dst} ({mode}): downtime {downtime:.3f} s, longest gap between answers {max(gaps):.3f} s")
             assert after, f"no answer after the move to {dst}"
             assert max(gaps) <= downtime + 1.0, f"answers stopped for {max(gaps):.3f} s (downtime {downtime:.3f} s)"
             assert {peer for _, peer in answers} == {(ip, 7001)}
