@@ -10,8 +10,9 @@ ARP; CRIU's own lock is lifted at the end of a ``--leave-running`` dump and come
 - source: locked after the freeze's pause, before the dump, and kept until the frozen copy is killed; a rollback
   unlocks it before the thaw.
 - destination: locked by restore_gate.py in the new namespace before Docker's hook moves the endpoint in, and
-  unlocked once the restored container runs; then an unsolicited ARP for each IPv4 address tells the segment
-  (switches' tables, peers' caches) where the address now is.
+  unlocked once the restored container runs; then an unsolicited ARP for each IPv4 address, and an unsolicited
+  neighbour advertisement for each IPv6 one, tells the segment (switches' tables, peers' caches) where the
+  address now is.
 """
 from __future__ import annotations
 
@@ -29,11 +30,30 @@ table arp {TABLE} {{
   chain out {{ type filter hook output priority -300; policy drop; }}
 }}
 """
-# run inside the namespace: an ARP reply to the broadcast address from each (interface, MAC, IPv4)
+# run inside the namespace: for each (interface, MAC, address), IPv4: an ARP request and reply for its own
+# address, to the broadcast address; IPv6: an unsolicited neighbour advertisement (override set) to all nodes,
+# hop limit 255 as receivers demand, with the MAC as its target link-layer address (RFC 4861 7.2.6)
 ANNOUNCE = r"""
 import socket, struct, sys
 for name, mac, ip in (a.split(",") for a in sys.argv[1:]):
-    hw, addr = bytes.fromhex(mac.replace(":", "")), socket.inet_aton(ip)
+    hw = bytes.fromhex(mac.replace(":", ""))
+    if ":" in ip:
+        index = socket.if_nametoindex(name)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        na = struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, socket.inet_pton(socket.AF_INET6, ip), 2, 1, hw)
+        try:   # from the address itself: the link-local one may still be in its duplicate address detection
+            s.bind((ip, 0, 0, index))
+        except OSError:
+            pass
+        try:
+            s.sendto(na, ("ff02::1", 0, 0, index))   # the kernel fills in the ICMPv6 checksum
+        except OSError as exc:   # no usable source address yet, say: the others still go out
+            print(f"neighbour advertisement for {ip}: {exc}", file=sys.stderr)
+        s.close()
+        continue
+    addr = socket.inet_aton(ip)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((name, 0x0806))
     for op in (1, 2):   # a request for its own address, then a reply: peers update on either
@@ -75,20 +95,20 @@ def locked(netns: str) -> bool:
 
 
 def addresses(netns: str) -> list[tuple[str, str, str]]:
-    """(interface, MAC, IPv4 address) of each interface but loopback in the namespace."""
+    """(interface, MAC, address) of each IPv4 and IPv6 address of each Ethernet interface in the namespace."""
     res = _in(netns, ["ip", "-j", "addr", "show"])
     found = []
     for link in json.loads(res.stdout or "[]") if res.returncode == 0 else []:
         if link.get("link_type") != "ether":
             continue
         for a in link.get("addr_info", []):
-            if a.get("family") == "inet":
+            if a.get("family") in ("inet", "inet6"):
                 found.append((link["ifname"], link["address"], a["local"]))
     return found
 
 
 def announce(netns: str) -> None:
-    """Unsolicited ARP for every IPv4 address of the namespace."""
+    """Unsolicited ARP for every IPv4 address of the namespace, a neighbour advertisement for every IPv6 one."""
     found = addresses(netns)
     if found:
         _in(netns, [sys.executable, "-I", "-c", ANNOUNCE, *(",".join(a) for a in found)])

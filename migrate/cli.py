@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="64,256,1024", help="memhog sizes in MiB (default 64,256,1024)")
     p.add_argument("--dirty", default="0,10,100", help="memhog dirty rates in MB/s (default 0,10,100)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each method per workload (default 5)")
-    p.add_argument("--methods", default="cmigrate,postcopy,naive,raw",
+    p.add_argument("--methods", default="cmigrate,postcopy,keepip,keepip-postcopy,naive,raw",
                    help="methods to compare (default: all: %(default)s)")
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")

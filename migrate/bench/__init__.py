@@ -9,6 +9,10 @@ move is the downtime as the workload saw it. Methods run alternately (A B C A B 
 - ``cmigrate``: ``cmigrate --json NAME hostA hostB`` (stop-copy, the mode ``auto`` picks here);
 - ``postcopy``: ``cmigrate --json --mode post-copy NAME hostA hostB``; its ``postcopy_s`` is the window after the
   restart on hostB until every page had arrived (until then the container depends on hostA and the link);
+- ``keepip`` and ``keepip-postcopy``: the same two with ``--keep-ip``, the workload on the lab's shared network
+  with an echo server beside it, and a TCP client on the lab's client machine numbering lines through one
+  connection straight through the move (migrate/lab/client.py): its ``client_stall_s`` is the longest wait for
+  an echo, the client's view of the move (every echo must come back, in order, on the same connection);
 - ``naive``: the seed's workflow: ``docker checkpoint create --checkpoint-dir`` on hostA, tar over ssh into the
   destination container's checkpoints folder on hostB, ``docker start --checkpoint`` there;
 - ``raw``: the same checkpoint images through ``tar | zstd -T0 | ssh hostB cat``: the transfer floor (no
@@ -33,11 +37,12 @@ from pathlib import Path
 
 from migrate import lab
 from migrate.errors import LabError
+from migrate.lab.client import ECHO_SERVER, EchoClient
 
 DOCKER = "/usr/bin/docker"
 TICKER = "memhog 0 0 5 &"
 COUNTER = 'i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done'
-METHODS = ("cmigrate", "postcopy", "naive", "raw")
+METHODS = ("cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw")
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Trial:
     note: str = ""
     postcopy_s: float | None = None   # post-copy: restart on hostB -> every page there
     phases: str = ""   # cmigrate's report: seconds per phase ("dump=2.61 transfer=0.02 restore=0.63 ...")
+    client_stall_s: float | None = None   # keepip*: the longest wait of the TCP echo client for an echo
 
 
 def _ssh(host: str, *argv: str, check: bool = True, timeout: float = 600, input: bytes | None = None):
@@ -73,21 +79,28 @@ def _docker(host: str, *args: str, check: bool = True, timeout: float = 600):
     return _ssh(host, DOCKER, *args, check=check, timeout=timeout)
 
 
-def _run_args(workload: str, mib: int, dirty: float) -> list[str]:
+def _run_args(workload: str, mib: int, dirty: float, echo: bool = False) -> list[str]:
+    """``echo``: on the lab's shared network, with an echo server beside the workload."""
+    net = ["--network", lab.SHARED_NETWORK] if echo else []
     if workload == "counter":
         script = f"{TICKER} {COUNTER}"
-        return ["--security-opt=seccomp:unconfined", "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", script]
-    return ["--tmpfs", "/tmp", "busybox", "memhog", str(mib), f"{dirty:g}", "5"]
+        if echo:
+            script = f"{TICKER} ({COUNTER}) & {ECHO_SERVER}"
+        return [*net, "--security-opt=seccomp:unconfined", "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", script]
+    hog = ["memhog", str(mib), f"{dirty:g}", "5"]
+    if echo:
+        return [*net, "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", f"{shlex.join(hog)} & {ECHO_SERVER}"]
+    return ["--tmpfs", "/tmp", "busybox", *hog]
 
 
-def _start(name: str, workload: str, mib: int, dirty: float) -> None:
-    _launch(name, workload, mib, dirty)
+def _start(name: str, workload: str, mib: int, dirty: float, echo: bool = False) -> None:
+    _launch(name, workload, mib, dirty, echo)
     # right before the timed part: the hypervisor takes freed guest memory back within seconds
     warm_memory(3 * mib + 512)
 
 
-def _launch(name: str, workload: str, mib: int, dirty: float) -> None:
-    _docker("hostA", "run", "-d", "--name", name, *_run_args(workload, mib, dirty))
+def _launch(name: str, workload: str, mib: int, dirty: float, echo: bool = False) -> None:
+    _docker("hostA", "run", "-d", "--name", name, *_run_args(workload, mib, dirty, echo))
     deadline = time.monotonic() + 120
     while True:   # wait until it runs for real: memory filled, first ticks written
         out = _docker("hostA", "logs", name).stdout.decode()
@@ -124,14 +137,16 @@ def _wait4(argv: list[str], env: dict | None = None) -> tuple[int, bytes, int]:
     return proc.returncode, out + err, rss
 
 
-def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "auto") -> Trial:
-    _start(name, *cfg)
+def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "auto", keep_ip: bool = False) -> Trial:
+    _start(name, *cfg, echo=keep_ip)
+    client = _echo_client(name) if keep_ip else None
     cli = str(Path(sys.prefix) / "bin" / "cmigrate")
     t0 = time.monotonic()
-    proc = subprocess.Popen([cli, "--json", "--mode", mode, name, "hostA", "hostB"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([cli, "--json", "--mode", mode, *(["--keep-ip"] if keep_ip else []), name, "hostA",
+                             "hostB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     total = time.monotonic() - t0
+    stall, problem = _client_after(client) if client else (None, "")
     out, err = proc.stdout.read(), proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
@@ -141,16 +156,49 @@ def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "aut
     except ValueError:
         return Trial(*cfg, method, repeat, None, None, total, 0, usage.ru_maxrss, None, None, False,
                      (out + err).decode(errors="replace")[-200:])
-    ok = proc.returncode == 0 and _verified_after("hostB", name)
+    ok = proc.returncode == 0 and _verified_after("hostB", name) and not problem
     rss = rep.get("agent_peak_rss_kib", {})
     return Trial(*cfg, method, repeat, _max_gap("hostB", name), rep["downtime"], total, rep["wire_bytes"],
-                 usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok,
+                 usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok, problem,
                  postcopy_s=rep.get("postcopy_seconds"),
-                 phases=" ".join(f"{k}={v:.3f}" for k, v in (rep.get("phases") or {}).items()))
+                 phases=" ".join(f"{k}={v:.3f}" for k, v in (rep.get("phases") or {}).items()),
+                 client_stall_s=stall)
+
+
+def _echo_client(name: str) -> EchoClient:
+    """The lab's client, connected to the workload's echo server at its shared-network address, echoes coming."""
+    ip = _docker("hostA", "inspect", "-f", f"{{{{.NetworkSettings.Networks.{lab.SHARED_NETWORK}.IPAddress}}}}",
+                 name).stdout.decode().strip()
+    # a new container has sent nothing yet: the bridge still sends its MAC (Docker derives it from the address,
+    # which the previous trial's container had, last seen on hostB) to hostB's port until it does
+    _docker("hostA", "exec", name, "ping", "-c", "1", "-W", "2", lab.BRIDGE_ADDR)
+    client = EchoClient(ip)
+    client.goes_on(f"no echoes from {name} before the move")
+    return client
+
+
+def _client_after(client: EchoClient) -> tuple[float | None, str]:
+    """After the move: its longest stall, or what went wrong (the connection broke, an echo was wrong)."""
+    try:
+        client.goes_on("the echoes did not come back after the move")
+    except LabError as exc:
+        client.error = client.error or exc
+    client.finish()
+    if client.error is not None or client.wrong:
+        return None, f"the TCP client: {client.error or 'wrong echoes ' + ' '.join(client.wrong[:3])}"
+    return client.longest, ""
 
 
 def trial_postcopy(name, cfg, repeat) -> Trial:
     return trial_cmigrate(name, cfg, repeat, "postcopy", "post-copy")
+
+
+def trial_keepip(name, cfg, repeat) -> Trial:
+    return trial_cmigrate(name, cfg, repeat, "keepip", keep_ip=True)
+
+
+def trial_keepip_postcopy(name, cfg, repeat) -> Trial:
+    return trial_cmigrate(name, cfg, repeat, "keepip-postcopy", "post-copy", keep_ip=True)
 
 
 def trial_naive(name, cfg, repeat) -> Trial:
@@ -194,7 +242,8 @@ def trial_raw(name, cfg, repeat) -> Trial:
     return Trial(*cfg, "raw", repeat, None, None, total, int(res.stdout.split()[0]), None, None, None, True)
 
 
-TRIALS = {"cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "naive": trial_naive, "raw": trial_raw}
+TRIALS = {"cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "keepip": trial_keepip,
+          "keepip-postcopy": trial_keepip_postcopy, "naive": trial_naive, "raw": trial_raw}
 
 
 def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=METHODS, counter: bool = True,
@@ -214,8 +263,9 @@ def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=M
                 finally:
                     _cleanup(name)
                 trials.append(t)
-                say(f"{cfg[0]:>7} {cfg[1]:>5} MiB {cfg[2]:>5g} MB/s {method:>8} #{repeat}: "
+                say(f"{cfg[0]:>7} {cfg[1]:>5} MiB {cfg[2]:>5g} MB/s {method:>15} #{repeat}: "
                     f"downtime {_fmt(t.downtime_s)} total {t.total_s:.3f}s wire {t.wire_bytes / 2**20:.1f} MiB"
+                    f"{'' if t.client_stall_s is None else f' client stall {t.client_stall_s:.3f}s'}"
                     f"{'' if t.ok else ' FAILED ' + t.note}")
                 write_csv(trials, out / "results.csv")
     (out / "summary.md").write_text(summary(trials))
@@ -257,9 +307,12 @@ def _stats(values: list[float]) -> tuple[float, float, float] | None:
 def summary(trials: list[Trial]) -> str:
     keys = sorted({(t.workload, t.memory_mib, t.dirty_mbps) for t in trials}, key=lambda k: (k[0] != "counter",) + k)
     lines = ["| workload | MiB | dirty MB/s | method | runs ok | downtime median (min-max) s | total median (min-max) s "
-             "| post-copy window s | wire MiB | agents peak RSS MiB (src/dst) | CLI peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ratios = ["", "cmigrate = stop-copy (what --mode auto picks here), postcopy = --mode post-copy.", "",
+             "| post-copy window s | TCP client's longest stall s | wire MiB | agents peak RSS MiB (src/dst) "
+             "| CLI peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = ["", "cmigrate = stop-copy (what --mode auto picks here), postcopy = --mode post-copy; keepip and "
+              "keepip-postcopy: the same with --keep-ip and a TCP echo client connected through the move (its "
+              "longest wait for an echo is the client's stall).", "",
               "| workload | MiB | dirty | downtime cmigrate/naive | downtime postcopy/naive | downtime "
               "postcopy/cmigrate | total cmigrate/naive | total cmigrate/raw | total postcopy/raw |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -273,13 +326,14 @@ def summary(trials: list[Trial]) -> str:
             good = [t for t in ts if t.ok]
             d, tot = _stats([t.downtime_s for t in good]), _stats([t.total_s for t in good])
             window = _stats([t.postcopy_s for t in good])
+            stall = _stats([t.client_stall_s for t in good])
             wire = _stats([t.wire_bytes / 2**20 for t in good])
             src = _stats([t.src_agent_peak_rss_kib / 1024 for t in good if t.src_agent_peak_rss_kib])
             dst = _stats([t.dst_agent_peak_rss_kib / 1024 for t in good if t.dst_agent_peak_rss_kib])
             cli = _stats([t.cli_peak_rss_kib / 1024 for t in good if t.cli_peak_rss_kib])
             med[method] = (d[0] if d else None, tot[0] if tot else None)
             lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {method} | {len(good)}/{len(ts)} | {fmt(d)} | "
-                         f"{fmt(tot)} | {fmt(window)} | {f'{wire[0]:.1f}' if wire else '-'} | "
+                         f"{fmt(tot)} | {fmt(window)} | {fmt(stall)} | {f'{wire[0]:.1f}' if wire else '-'} | "
                          + (f"{src[2]:.0f}/{dst[2]:.0f} | " if src and dst else "- | ")
                          + (f"{cli[2]:.0f} |" if cli else "- |"))
         div = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"  # noqa: E731

@@ -14,12 +14,17 @@ def test_smallest_benchmark_writes_csv_summary_and_plot(the_lab, tmp_path):
     assert list(rows[0]) == [
         "workload", "memory_mib", "dirty_mbps", "method", "repeat", "downtime_s", "reported_downtime_s", "total_s",
         "wire_bytes", "cli_peak_rss_kib", "src_agent_peak_rss_kib", "dst_agent_peak_rss_kib", "ok", "note",
-        "postcopy_s", "phases"]
+        "postcopy_s", "phases", "client_stall_s"]
     assert {(r["workload"], r["method"]) for r in rows} == {
-        (w, m) for w in ("counter", "memhog") for m in ("cmigrate", "postcopy", "naive", "raw")}
+        (w, m) for w in ("counter", "memhog") for m in bench.METHODS}
+    assert set(bench.METHODS) >= {"cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw"}
     assert all(t.ok for t in trials), [t.note for t in trials if not t.ok]
     assert all(float(r["downtime_s"]) > 0 for r in rows if r["method"] != "raw")
     assert all(float(r["postcopy_s"]) > 0 for r in rows if r["method"] == "postcopy")
+    # the connected client's view, where there is one: a stall, and none where no client was connected
+    assert all(float(r["client_stall_s"]) > 0 for r in rows if r["method"].startswith("keepip"))
+    assert all(r["client_stall_s"] == "" for r in rows if not r["method"].startswith("keepip"))
     assert all("dump=" in r["phases"] and "restore=" in r["phases"] for r in rows if r["method"] == "cmigrate")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cmigrate/naive" in (tmp_path / "summary.md").read_text()
+    assert "TCP client's longest stall" in (tmp_path / "summary.md").read_text()

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from migrate import lab
+from migrate.lab.client import EchoClient
 from tests.lab.conftest import cmigrate
 from tests.lab.test_migrate import absent, both, no_work_left, running  # noqa: F401 (both: a fixture)
 
@@ -146,66 +147,6 @@ def _on_shared(d, *args: str) -> tuple[str, str]:
     return name, ip
 
 
-class NumberedClient:
-    """Sends numbered lines over one connection, as fast as the echoes come back, and records every echo and
-    the longest wait for one: the client's view of a move."""
-
-    def __init__(self, ip: str) -> None:
-        import threading
-        deadline = time.monotonic() + 20
-        while True:   # the server listens again a moment after its previous client left
-            self.conn = lab.client_socket()   # a machine on the segment: the lab's client
-            self.conn.settimeout(30)
-            try:
-                self.conn.connect((ip, 7000))
-                break
-            except OSError:
-                self.conn.close()
-                assert time.monotonic() < deadline, f"no echo server at {ip}:7000"
-                time.sleep(0.2)
-        assert self.conn.getsockname()[0] == lab.CLIENT_ADDR, self.conn.getsockname()   # from the client, really
-        self.sent = self.got = 0
-        self.longest = 0.0
-        self.error: BaseException | None = None
-        self.wrong: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        buf = b""
-        try:
-            while not self.stop.is_set():
-                self.conn.sendall(f"{self.sent}\n".encode())
-                self.sent += 1
-                t0 = time.monotonic()
-                while b"\n" not in buf:
-                    chunk = self.conn.recv(4096)
-                    if not chunk:
-                        raise ConnectionError("end of stream")
-                    buf += chunk
-                self.longest = max(self.longest, time.monotonic() - t0)
-                line, buf = buf.split(b"\n", 1)
-                if line.decode() != str(self.got):
-                    self.wrong.append(line.decode())
-                self.got += 1
-                time.sleep(0.01)
-        except BaseException as exc:
-            self.error = exc
-
-    def goes_on(self, why: str, more: int = 20, timeout: float = 20.0) -> None:
-        """Wait until ``more`` further echoes came back (or the connection broke): ``why`` names a stall."""
-        before, deadline = self.got, time.monotonic() + timeout
-        while self.got < before + more and self.error is None:
-            assert time.monotonic() < deadline, why
-            time.sleep(0.1)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(40)
-        self.conn.close()
-
-
 MODES = ("stop-copy", "post-copy")
 
 
@@ -213,7 +154,7 @@ MODES = ("stop-copy", "post-copy")
 def test_keep_ip_keeps_the_address_and_a_tcp_connection_through_both_moves(both, mode):
     a, b = both
     name, ip = _on_shared(a)
-    client = NumberedClient(ip)
+    client = EchoClient(ip)
     time.sleep(1)
     for src, dst, d_dst in (("hostA", "hostB", b), ("hostB", "hostA", a)):
         res = cmigrate("--keep-ip", "--mode", mode, name, src, dst)
@@ -247,7 +188,7 @@ def test_keep_ip_rolled_back_after_the_restore_keeps_the_connection_on_the_sourc
     # the client left it
     a, b = both
     name, ip = _on_shared(a)
-    client = NumberedClient(ip)
+    client = EchoClient(ip)
     time.sleep(1)
     res = cmigrate("--keep-ip", name, "hostA", "hostB", env={"CMIGRATE_FAULT": "int-cli@restored"})
     assert res.status == 130, res.err
@@ -313,7 +254,7 @@ def test_keep_ip_a_udp_flow_gets_answers_again_from_the_same_address(both, mode)
 def test_keep_ip_a_failed_dump_unlocks_the_source_and_its_connection_goes_on(both, failing_criu):
     a, b = both
     name, ip = _on_shared(a, "-e", "CMIGRATE_TEST_FAIL=1")
-    client = NumberedClient(ip)
+    client = EchoClient(ip)
     time.sleep(1)
     res = cmigrate("--keep-ip", name, "hostA", "hostB")
     assert res.status == 1 and "checkpoint failed" in res.err and "runs on hostA again" in res.err, res.err
