@@ -32,6 +32,8 @@ for h in hostA hostB; do docker_on "$h" rm -f srv >/dev/null 2>&1 || true; done
 docker_on hostA run -d --name srv --network cmshared busybox sh -c \
     "'i=0; while true; do echo tick \$i; i=\$(expr \$i + 1); sleep 0.5; done | nc -l -p 7000'" >/dev/null
 ip=$(docker_on hostA inspect -f '{{.NetworkSettings.Networks.cmshared.IPAddress}}' srv)
+# its first packet: the bridge may still send its MAC (derived from the address) to where an earlier srv moved
+docker_on hostA exec srv ping -c 1 -W 2 198.18.0.1 >/dev/null
 sleep 1
 # the client: a machine on the segment (the lab's cmlab-client namespace), printing each line it receives
 nsenter --net=/run/netns/cmlab-client python3 -c '

@@ -11,7 +11,7 @@ move is the downtime as the workload saw it. Methods run alternately (A B C A B 
   restart on hostB until every page had arrived (until then the container depends on hostA and the link);
 - ``keepip`` and ``keepip-postcopy``: the same two with ``--keep-ip``, the workload on the lab's shared network
   with an echo server beside it, and a TCP client on the lab's client machine numbering lines through one
-  connection straight through the move (migrate/lab/client.py): its ``client_stall_s`` is the longest wait for
+  connection straight through the move (migrate/lab/echo.py): its ``client_stall_s`` is the longest wait for
   an echo, the client's view of the move (every echo must come back, in order, on the same connection);
 - ``naive``: the seed's workflow: ``docker checkpoint create --checkpoint-dir`` on hostA, tar over ssh into the
   destination container's checkpoints folder on hostB, ``docker start --checkpoint`` there;
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from migrate import lab
 from migrate.errors import LabError
-from migrate.lab.client import ECHO_SERVER, EchoClient
+from migrate.lab.echo import ECHO_SERVER, EchoClient
 
 DOCKER = "/usr/bin/docker"
 TICKER = "memhog 0 0 5 &"
