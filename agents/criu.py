@@ -47,10 +47,14 @@ def criu_env(work: Path, extra: str = "") -> dict:
     return {**os.environ, "CRIU_CONFIG_FILE": str(conf)}
 
 
+# CRIU options that runc's request to CRIU always sets (false unless runc is told), overriding the config file
+RUNC_FLAG_OPTIONS = ("tcp-established", "file-locks")
+
+
 def runc_flags(criu_extra: str) -> list[str]:
-    """What of CRIU's per-run options must go to runc as flags: runc's request to CRIU sets tcp-established
-    (false unless told), which overrides the config file."""
-    return ["--tcp-established"] if "tcp-established" in criu_extra.splitlines() else []
+    """What of CRIU's per-run options must go to runc as flags (``RUNC_FLAG_OPTIONS``)."""
+    lines = criu_extra.splitlines()
+    return [f"--{option}" for option in RUNC_FLAG_OPTIONS if option in lines]
 
 
 def criu_stats(path: Path) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import docker.errors
 import zstandard
 
-from agents import criu, journal, link, netlock, trust
+from agents import cpu, criu, journal, link, netlock, trust
 from agents.checkpoint import GatedRestore, restore_from, restore_map_files, this_host
 from agents.dockerd import FAST_RUNTIME, Docker
 from agents.journal import CHECKPOINT, IMAGES, JOURNAL
@@ -96,7 +96,8 @@ class DestinationMigration:
             mounts = {m["Destination"]: m["Source"] for m in info.get("Mounts", []) if m["Type"] == "volume"}
             netns = self._arm_restore(info, args) if args.get("arm_restore") and \
                 config["HostConfig"]["Runtime"] == FAST_RUNTIME else False
-            return {"id": cid, "volume_sources": mounts, "armed": self.gated is not None, "netns": netns}
+            return {"id": cid, "volume_sources": mounts, "armed": self.gated is not None, "netns": netns,
+                    "file_locks": "file-locks" in self.criu_extra.splitlines()}
         finally:
             dk.close()
 
@@ -324,15 +325,17 @@ class DestinationMigration:
 
 # ---------------------------------------------------------------- helpers
 def _restore_options(args: dict, runtime: str, name: str) -> str:
-    """CRIU's options for this migration's restore, which only the cmigrate-runc runtime can hand to CRIU."""
+    """CRIU's options for this migration's restore, which only the cmigrate-runc runtime can hand to CRIU: always
+    file-locks (the source dumps the locks its processes hold, since this restore can take them back)."""
     option = "tcp-close" if args.get("tcp_close") else "tcp-established" if args.get("keep_ip") else None
+    locks = "file-locks\n" if runtime == FAST_RUNTIME else ""
     if option is None:
-        return ""
+        return locks
     if runtime != FAST_RUNTIME:
         raise PreflightError(f"--{'tcp-close' if args.get('tcp_close') else 'keep-ip'} needs the {FAST_RUNTIME} "
                              f"runtime on this host, to pass CRIU's {option} to the restore", container=name,
                              hint="install cmigrate here with ./install.sh")
-    return option + "\n"
+    return option + "\n" + locks
 
 
 def _require_kept(container_id: str) -> None:
@@ -465,6 +468,8 @@ def preflight(args: dict, ch) -> dict:
         if args.get("keep_ip"):
             _require_address(dk, name, args.get("endpoints") or [])
         _require_disk(dk, name, int(args.get("bytes_needed", 0)))
+        if args.get("cpuinfo") and not args.get("ignore_cpu"):
+            _require_cpu(name, args["cpuinfo"], args.get("source") or "the source")
         image = _image_match(dk, args["image_id"], args["image_name"], args.get("image_layers", []))
         return {"image": image, "criu": found.to_dict(), "docker_version": dk.info().get("ServerVersion"),
                 "platform": dk.versions()}
@@ -507,6 +512,16 @@ def _require_address(dk: Docker, name: str, endpoints: list[dict]) -> None:
         if (other.get("IPv4Address") or "").split("/")[0] == ep["ip"]:
             raise PreflightError(f"--keep-ip: address {ep['ip']} is in use here, by {other.get('Name')}",
                                  container=name)
+
+
+def _require_cpu(name: str, source_cpuinfo: str, source: str) -> None:
+    lacking = cpu.missing(source_cpuinfo)
+    if lacking:
+        shown = ", ".join(lacking[:6]) + (f" and {len(lacking) - 6} more" if len(lacking) > 6 else "")
+        raise PreflightError(f"this host's CPU lacks what {source}'s has: {shown}; processes that use it would die "
+                             "of SIGILL here", container=name,
+                             hint="move it to a host with at least the same CPU features, or --ignore-cpu if you "
+                                  "know its processes do not use them")
 
 
 def _require_disk(dk: Docker, name: str, need: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zstandard
 
-from agents import checkpoint, connections, criu, journal, link, netlock, rootfs
+from agents import checkpoint, connections, cpu, criu, journal, link, netlock, rootfs
 from agents.checkpoint import META_DIR, lock_down, resume_after_failure, dir_size, this_host
 from agents.dockerd import Docker
 from agents.journal import CHECKPOINT, IMAGES, ContainerLock
@@ -88,6 +88,7 @@ class SourceMigration:
                 "connections": connections.tcp_connections(info["State"]["Pid"]),
                 "endpoints": _endpoints(dk, info),
                 "runc_state": dk.runc_root(info) is not None,   # dumps through runc, with our CRIU options
+                "cpuinfo": cpu.dump(),   # for the destination to judge (agents/cpu.py)
             }
         finally:
             dk.close()
@@ -154,6 +155,9 @@ class SourceMigration:
             extra = criu.external_netns(runc_root, cid) if runc_root and args.get("external_netns") else ""
             extra += "tcp-close\n" if args.get("tcp_close") else ""
             extra += "tcp-established\n" if args.get("keep_ip") else ""
+            # locks held (flock, POSIX, OFD) are dumped, and held again on the destination, whose restore takes
+            # CRIU's file-locks (it said so at create)
+            extra += "file-locks\n" if args.get("file_locks") else ""
             lock = _netns_of(info) if args.get("keep_ip") else None   # the network to lock for the move
             t0 = time.time()
             if runc_root:

@@ -277,6 +277,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--tcp-close", action="store_true",
                    help="move a container that holds TCP connections by closing them: they end when the source lets "
                         "go, and clients reconnect to its new address (without it, such a container is refused)")
+    p.add_argument("--ignore-cpu", action="store_true",
+                   help="move it even where DESTINATION's CPU lacks features SOURCE's has (refused by default, "
+                        "naming them: a process using them would die of SIGILL there)")
     p.add_argument("--io-timeout", type=_seconds, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
                    help="give up when a host sends nothing for this long during a transfer (default 120)")
     p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
@@ -311,7 +314,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                          io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
                          precopy=PrecopyRule(args.precopy_iterations, args.precopy_min_pages, args.precopy_shrink),
                          stream_pages=args.stream_pages, allow_privileged=args.allow_privileged,
-                         tcp_close=args.tcp_close, keep_ip=args.keep_ip)
+                         tcp_close=args.tcp_close, keep_ip=args.keep_ip, ignore_cpu=args.ignore_cpu)
     finally:
         bars.close()
     if args.json:

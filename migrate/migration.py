@@ -144,7 +144,8 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
             mode: str = "auto", level: int = 3, threads: int = -1, keep_source: bool = False,
             io_timeout: float = DEFAULT_IO_TIMEOUT, progress: Progress | None = None, agent: str | None = None,
             data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None,
-            allow_privileged: bool = False, tcp_close: bool = False, keep_ip: bool = False) -> Report:
+            allow_privileged: bool = False, tcp_close: bool = False, keep_ip: bool = False,
+            ignore_cpu: bool = False) -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
@@ -167,6 +168,9 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     tcp-established). Both hosts need a network of that name and subnet on one layer-2 segment (macvlan, ipvlan);
     the container's network is locked on both hosts for the move, so that never two answer for the address, and
     the destination announces it (unsolicited ARP) once the container runs there.
+
+    ``ignore_cpu``: move it even where the destination's CPU lacks features the source's has (refused by
+    default, naming them: a process that picked them at start-up would die of SIGILL there).
 
     ``data_path``: ``direct`` sends the checkpoint from the source host to the destination over OpenSSH between
     them (the source must reach ``destination`` by that name with its own keys); ``relay`` passes it through this
@@ -192,7 +196,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
     m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
-    m.allow_privileged, m.tcp_close, m.keep_ip = allow_privileged, tcp_close, keep_ip
+    m.allow_privileged, m.tcp_close, m.keep_ip, m.ignore_cpu = allow_privileged, tcp_close, keep_ip, ignore_cpu
     m.precopy = precopy or PrecopyRule()
     return m.run()
 
@@ -233,6 +237,8 @@ class _Migration:
         self.allow_privileged = False
         self.tcp_close = False   # connected TCP sockets restore closed (CRIU's tcp-close)
         self.keep_ip = False     # the same address on the destination, connections kept (CRIU's tcp-established)
+        self.ignore_cpu = False  # the destination's CPU may lack what the source's has (agents/cpu.py)
+        self.file_locks = False  # the destination restores file locks: the dump carries them (CRIU's file-locks)
         self.t_freeze = 0.0
         self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
 
@@ -324,7 +330,8 @@ class _Migration:
                             named_volumes=[v["name"] for v in info["volumes"] if len(v["name"]) != 64],
                             host_config=info["host_config"], source=self.src_name,
                             allow_privileged=self.allow_privileged, keep_ip=self.keep_ip,
-                            endpoints=info.get("endpoints") or [])
+                            endpoints=info.get("endpoints") or [], cpuinfo=info.get("cpuinfo"),
+                            ignore_cpu=self.ignore_cpu)
         r.modes = {self.src_name: info["criu"]["modes"], self.dst_name: pre["criu"]["modes"]}
         r.platform = {self.src_name: info.get("platform") or {}, self.dst_name: pre.get("platform") or {}}
         r.mode = self._choose_mode(info["criu"], pre["criu"])
@@ -381,6 +388,9 @@ class _Migration:
         # the destination made the network namespace already: the source dumps it as external (--keep-source
         # does not: its checkpoint must restore with Docker alone)
         self.external_netns = bool(created.get("netns"))
+        # its restore takes file locks back: the dump carries them (--keep-source does not: Docker alone restores
+        # the source's checkpoint, and cannot be told to)
+        self.file_locks = bool(created.get("file_locks")) and not self.keep_source
         self.volume_sources = [created["volume_sources"].get(v["destination"]) for v in info["volumes"]]
         if connecting:
             try:
@@ -499,7 +509,7 @@ class _Migration:
         dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                          destination=self.dst_name, parent=parent,
                                          external_netns=self.external_netns, tcp_close=self.tcp_close,
-                                         keep_ip=self.keep_ip)
+                                         keep_ip=self.keep_ip, file_locks=self.file_locks)
         r.frozen_dump = dump["dump_seconds"]
         self.phase("dump", t)
         self.fault("frozen")
@@ -530,7 +540,8 @@ class _Migration:
                                              destination=self.dst_name, parent=parent,
                                              page_link=r.pages_streamed, send=send_args, lazy=lazy,
                                              external_netns=self.external_netns, tcp_close=self.tcp_close,
-                                             keep_ip=self.keep_ip, progress=lambda m: on_bytes(m.get("bytes", 0)))
+                                             keep_ip=self.keep_ip, file_locks=self.file_locks,
+                                             progress=lambda m: on_bytes(m.get("bytes", 0)))
         except DumpAborted as exc:
             self.state = "prepared"   # the source thawed it; the destination cannot have restored anything
             cause = self._collect_dest()

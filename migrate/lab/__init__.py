@@ -303,11 +303,12 @@ def build_memhog(out: Path, source: Path | None = None) -> bytes:
 
 def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
     """A minimal root filesystem, built offline (no registry here): busybox-static with a link per applet, and
-    the test workloads ``memhog`` and ``udpecho``."""
+    the test workloads ``memhog``, ``udpecho`` and ``locker``."""
     applets = _run([busybox, "--list-full"]).out.split()
     LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
     memhog = build_memhog(LAB_ROOT / "memhog")
     udpecho = build_memhog(LAB_ROOT / "udpecho", MEMHOG_SOURCE.with_name("udpecho.c"))
+    locker = build_memhog(LAB_ROOT / "locker", MEMHOG_SOURCE.with_name("locker.c"))
     buf = io.BytesIO()
     now = int(time.time())
 
@@ -325,6 +326,7 @@ def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
         add("bin/busybox", tarfile.REGTYPE, 0o755, Path(busybox).read_bytes())
         add("bin/memhog", tarfile.REGTYPE, 0o755, memhog)
         add("bin/udpecho", tarfile.REGTYPE, 0o755, udpecho)
+        add("bin/locker", tarfile.REGTYPE, 0o755, locker)
         for applet in applets:
             if applet != "bin/busybox":
                 add(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox")

@@ -30,3 +30,21 @@ def test_cgroup_root_names_the_destination_containers_own_cgroup(version, driver
 def test_slice_paths_nest_like_systemds():
     assert _slice_path("system.slice") == "/system.slice"
     assert _slice_path("a-b-c.slice") == "/a.slice/a-b.slice/a-b-c.slice"
+
+
+def test_runc_is_told_what_its_request_to_criu_would_otherwise_turn_off():
+    from agents.criu import runc_flags
+    assert runc_flags("") == []
+    assert runc_flags("network-lock skip\nfile-locks\n") == ["--file-locks"]
+    assert runc_flags("tcp-established\nfile-locks\n") == ["--tcp-established", "--file-locks"]
+
+
+@pytest.mark.parametrize("args,runtime,expected", [
+    ({}, "cmigrate-runc", "file-locks\n"),
+    ({}, "runc", ""),
+    ({"keep_ip": True}, "cmigrate-runc", "tcp-established\nfile-locks\n"),
+    ({"tcp_close": True}, "cmigrate-runc", "tcp-close\nfile-locks\n"),
+])
+def test_the_restore_takes_file_locks_back_where_the_wrapper_can_say_so(args, runtime, expected):
+    from agents.destination import _restore_options
+    assert _restore_options(args, runtime, "c") == expected
