@@ -326,9 +326,14 @@ class DestinationMigration:
 # ---------------------------------------------------------------- helpers
 def _restore_options(args: dict, runtime: str, name: str) -> str:
     """CRIU's options for this migration's restore, which only the cmigrate-runc runtime can hand to CRIU: always
-    file-locks (the source dumps the locks its processes hold, since this restore can take them back)."""
+    file-locks (the source dumps the locks its processes hold, since this restore can take them back); and for a
+    container with Docker's init (``--init``), CRIU's older mount engine: CRIU 4.2's mount-v2 takes the container's
+    /etc/hosts, hostname and resolv.conf for bind mounts of the init's binary (a file mount of the host's
+    /usr/bin/docker-init) and fails the restore ("Can't remount ... with MS_PRIVATE: No such file or directory")."""
     option = "tcp-close" if args.get("tcp_close") else "tcp-established" if args.get("keep_ip") else None
     locks = "file-locks\n" if runtime == FAST_RUNTIME else ""
+    if runtime == FAST_RUNTIME and (args.get("host_config") or {}).get("Init"):
+        locks += "mntns-compat-mode\n"
     if option is None:
         return locks
     if runtime != FAST_RUNTIME:

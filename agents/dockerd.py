@@ -1,6 +1,7 @@
 """The local Docker daemon as an agent sees it: the SDK plus the experimental checkpoint endpoints it lacks."""
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import time
@@ -13,6 +14,7 @@ import requests
 from migrate.errors import CheckpointError, DockerError, PreflightError
 from migrate.hostinfo import docker_versions
 
+HEALTH_ROOM = 1.5   # s: longer than most freezes last until the source's copy is gone (the counter: ~0.5 s)
 FAST_RUNTIME = "cmigrate-runc"   # agents/cmigrate-runc registered with dockerd (--add-runtime)
 LOG_PATH = re.compile(r"(?:log file:|path=)\s*(/\S+?\.log)")
 
@@ -107,6 +109,48 @@ class Docker:
         if info["State"].get("Paused"):
             raise PreflightError(f"container {container} is paused: unpause it first", container=container)
         return info
+
+    def exec_sessions(self, info: dict) -> list[str]:
+        """The command lines of the ``docker exec`` sessions running in the container, its health probes left out
+        (Docker runs those as execs too; they are its own, short, and run again wherever the container runs)."""
+        test = (info["Config"].get("Healthcheck") or {}).get("Test") or []   # ["CMD-SHELL", "cmd"] or ["CMD", ...]
+        shell = info["Config"].get("Shell") or ["/bin/sh", "-c"]
+        probe = [*shell, *test[1:]] if test[:1] == ["CMD-SHELL"] else test[1:] if test[:1] == ["CMD"] else None
+        running = []
+        for eid in self.inspect(info["Id"]).get("ExecIDs") or []:
+            try:
+                ex = self.api.exec_inspect(eid)
+            except docker.errors.NotFound:
+                continue   # ended meanwhile
+            except (docker.errors.APIError, requests.RequestException) as exc:
+                raise DockerError(f"cannot inspect exec session {eid[:12]}: {exc}", container=info["Id"]) from exc
+            pc = ex.get("ProcessConfig") or {}
+            argv = [pc.get("entrypoint") or "", *(pc.get("arguments") or [])]
+            if ex.get("Running") and argv != probe:
+                running.append(" ".join(argv))
+        return running
+
+    def between_health_probes(self, info: dict, room: float = HEALTH_ROOM) -> float:
+        """Wait, if need be, until the container's next health probe is at least ``room`` seconds away; the seconds
+        waited. Docker probes a frozen container too: runc refuses to exec into it, and Docker counts that as a
+        failed check, so a freeze over a probe turned a healthy container "unhealthy" (with --health-retries 1)
+        for anyone watching the source. Probes come ``Interval`` after the previous one ended; when the next is
+        due sooner than ``room``, this waits for it to end (at most its timeout), leaving a whole interval."""
+        hc = info["Config"].get("Healthcheck") or {}
+        if not hc.get("Test") or hc["Test"][0] == "NONE":
+            return 0.0
+        interval = (hc.get("Interval") or 30 * 10**9) / 1e9
+        timeout = (hc.get("Timeout") or 30 * 10**9) / 1e9
+        started = time.time()
+        last = _last_probe_end(self.inspect(info["Id"]))
+        if last is None or last + interval - started > room or interval <= room:
+            return 0.0   # no probe yet (Docker starts them itself), room enough, or never room: go now
+        deadline = last + interval + timeout + 1.0
+        while time.time() < deadline:
+            time.sleep(0.02)
+            if _last_probe_end(self.inspect(info["Id"])) != last:
+                break
+        return time.time() - started
 
     def wait_stopped(self, cid: str, timeout: float = 30.0) -> None:
         """Docker learns of a dumped container's exit asynchronously; its files are only stable once it is down."""
@@ -209,6 +253,20 @@ def criu_says(log: Path, fallback: str) -> tuple[str, str]:
     _, excerpt = criu_log_excerpt(f"log file: {log}")
     first = (excerpt.splitlines() or [fallback])[0]
     return first.split("): ", 1)[-1], excerpt
+
+
+def _last_probe_end(info: dict) -> float | None:
+    """When the container's last health probe ended (epoch seconds), from Docker's health log."""
+    log = ((info["State"].get("Health") or {}).get("Log")) or []
+    if not log:
+        return None
+    stamp = log[-1].get("End") or ""   # 2026-12-03T08:01:02.123456789Z (or with an offset)
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
+    if not m:
+        return None
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    whole = datetime.datetime.fromisoformat(m.group(1) + zone).timestamp()
+    return whole + float("0." + (m.group(2) or "0"))
 
 
 def criu_config_for_cmigrate() -> str:

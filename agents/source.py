@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zstandard
 
-from agents import checkpoint, connections, cpu, criu, journal, link, netlock, rootfs
+from agents import checkpoint, connections, cpu, criu, file_locks, journal, link, netlock, rootfs, watches
 from agents.checkpoint import META_DIR, lock_down, resume_after_failure, dir_size, this_host
 from agents.dockerd import Docker
 from agents.journal import CHECKPOINT, IMAGES, ContainerLock
@@ -79,6 +79,7 @@ class SourceMigration:
             dk.require_checkpointing()
             found = require_criu(this_host())
             _refuse_shared(info["HostConfig"], container)
+            _refuse_exec_sessions(dk, info, container)
             upper = rootfs.upper_dir(info)
             image = dk.client.images.get(info["Image"]).attrs
             return _description(info, image) | {
@@ -86,6 +87,7 @@ class SourceMigration:
                 "criu": found.to_dict(), "docker_version": dk.info().get("ServerVersion"), "platform": dk.versions(),
                 "lazy_pipes_problem": criu.lazy_pipes_problem(),
                 "connections": connections.tcp_connections(info["State"]["Pid"]),
+                "watches": bool(watches.irmap_hints(info["State"]["Pid"], container)),   # refused if unplaceable
                 "endpoints": _endpoints(dk, info),
                 "runc_state": dk.runc_root(info) is not None,   # dumps through runc, with our CRIU options
                 "cpuinfo": cpu.dump(),   # for the destination to judge (agents/cpu.py)
@@ -149,6 +151,10 @@ class SourceMigration:
         try:
             info = dk.inspect(cid)
             upper, name, runc_root = rootfs.upper_dir(info), info["Name"].lstrip("/"), dk.runc_root(info)
+            _refuse_exec_sessions(dk, info, name)   # again: one may have begun since the preflight
+            hints = watches.irmap_hints(info["State"]["Pid"], name)   # where CRIU finds each watched file
+            if not args.get("file_locks"):   # no dump of them: CRIU would fail after the freeze
+                file_locks.refuse_unmovable(info["State"]["Pid"], name, args.get("destination") or "the destination")
             journal.write(work, role="source", migration_id=self.id, container_id=cid, name=name,
                           destination=args.get("destination"), state="frozen")
             # the destination made the network namespace: CRIU must not; tcp-close: connections restore closed
@@ -158,7 +164,9 @@ class SourceMigration:
             # locks held (flock, POSIX, OFD) are dumped, and held again on the destination, whose restore takes
             # CRIU's file-locks (it said so at create)
             extra += "file-locks\n" if args.get("file_locks") else ""
+            extra += hints
             lock = _netns_of(info) if args.get("keep_ip") else None   # the network to lock for the move
+            dk.between_health_probes(info)   # no health probe into the frozen container
             t0 = time.time()
             if runc_root:
                 policy, page_bytes = None, self._dump_with_runc(runc_root, info, work, parent, extra, lock, args, ch)
@@ -340,6 +348,16 @@ def _refuse_pending(cid: str, container: str) -> None:
         raise PreflightError(f"an interrupted migration of {container} to {pending.get('destination')} is pending "
                              "here", container=container,
                              hint=f"run: cmigrate recover {os.environ.get('CMIGRATE_HOST') or 'HOST'} {container}")
+
+
+def _refuse_exec_sessions(dk: Docker, info: dict, container: str) -> None:
+    """A ``docker exec`` session is a process outside the container's process tree, which CRIU dumps: it would
+    die with the source while its user's terminal hung up, and nothing would say so."""
+    sessions = dk.exec_sessions(info)
+    if sessions:
+        raise PreflightError(f"container {container} has {len(sessions)} docker exec session(s) running ("
+                             + "; ".join(sessions)[:200] + "): they cannot move", container=container,
+                             hint="end them (or wait for them to end), then move the container")
 
 
 def _refuse_shared(hc: dict, container: str) -> None:

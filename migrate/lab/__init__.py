@@ -292,6 +292,9 @@ def platform_versions(h: LabHost) -> dict[str, str | None]:
 
 # ---------------------------------------------------------------------- test image
 MEMHOG_SOURCE = Path(__file__).parent / "workloads" / "memhog.c"
+# memhog: memory of a known size and dirtying rate; udpecho: a UDP flow; locker: file locks; watcher: inotify and
+# fanotify watches; forest: many processes, threads, pipes and zombies
+WORKLOADS = ("memhog", "udpecho", "locker", "watcher", "forest")
 FAST_RUNC = Path(__file__).resolve().parents[2] / "agents" / "cmigrate-runc"
 
 
@@ -303,12 +306,10 @@ def build_memhog(out: Path, source: Path | None = None) -> bytes:
 
 def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
     """A minimal root filesystem, built offline (no registry here): busybox-static with a link per applet, and
-    the test workloads ``memhog``, ``udpecho`` and ``locker``."""
+    the test workloads (``WORKLOADS``, each from ``workloads/NAME.c``)."""
     applets = _run([busybox, "--list-full"]).out.split()
     LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
-    memhog = build_memhog(LAB_ROOT / "memhog")
-    udpecho = build_memhog(LAB_ROOT / "udpecho", MEMHOG_SOURCE.with_name("udpecho.c"))
-    locker = build_memhog(LAB_ROOT / "locker", MEMHOG_SOURCE.with_name("locker.c"))
+    built = {w: build_memhog(LAB_ROOT / w, MEMHOG_SOURCE.with_name(f"{w}.c")) for w in WORKLOADS}
     buf = io.BytesIO()
     now = int(time.time())
 
@@ -324,9 +325,8 @@ def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
             add(d, tarfile.DIRTYPE, 0o755)
         add("tmp", tarfile.DIRTYPE, 0o1777)
         add("bin/busybox", tarfile.REGTYPE, 0o755, Path(busybox).read_bytes())
-        add("bin/memhog", tarfile.REGTYPE, 0o755, memhog)
-        add("bin/udpecho", tarfile.REGTYPE, 0o755, udpecho)
-        add("bin/locker", tarfile.REGTYPE, 0o755, locker)
+        for w, binary in built.items():
+            add(f"bin/{w}", tarfile.REGTYPE, 0o755, binary)
         for applet in applets:
             if applet != "bin/busybox":
                 add(applet, tarfile.SYMTYPE, 0o777, link="/bin/busybox")

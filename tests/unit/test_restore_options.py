@@ -48,3 +48,14 @@ def test_runc_is_told_what_its_request_to_criu_would_otherwise_turn_off():
 def test_the_restore_takes_file_locks_back_where_the_wrapper_can_say_so(args, runtime, expected):
     from agents.destination import _restore_options
     assert _restore_options(args, runtime, "c") == expected
+
+
+@pytest.mark.parametrize("host_config, runtime, expected", [
+    ({}, "cmigrate-runc", "file-locks\n"),
+    ({"Init": True}, "cmigrate-runc", "file-locks\nmntns-compat-mode\n"),
+    ({"Init": True}, "runc", ""),
+])
+def test_a_container_with_dockers_init_is_restored_with_criu_s_older_mount_engine(host_config, runtime, expected):
+    # CRIU 4.2's mount-v2 took /etc/hosts, hostname and resolv.conf for binds of the init's file mount and failed
+    from agents.destination import _restore_options
+    assert _restore_options({"host_config": host_config}, runtime, "c1") == expected
