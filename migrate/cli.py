@@ -134,8 +134,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = set(methods) - set(bench.METHODS)
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}: choose from {', '.join(bench.METHODS)}")
+    procs = [int(x) for x in args.procs.split(",") if x]
+    if any(not 1 <= n <= 4000 for n in procs):
+        raise UsageError("--procs: process counts from 1 to 4000")
     trials = bench.run(sizes, dirty, args.repeats, Path(args.out), methods=methods, counter=not args.no_counter,
-                       say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
+                       say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), procs=procs)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
         print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="benchmark cmigrate against the alternatives on the lab")
     p.add_argument("--sizes", default="64,256,1024", help="memhog sizes in MiB (default 64,256,1024)")
     p.add_argument("--dirty", default="0,10,100", help="memhog dirty rates in MB/s (default 0,10,100)")
+    p.add_argument("--procs", default="", help="also forest workloads of these process counts, e.g. 1,10,50,200 "
+                   "(default none)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each method per workload (default 5)")
     p.add_argument("--methods", default="cmigrate,postcopy,keepip,keepip-postcopy,naive,raw",
                    help="methods to compare (default: all: %(default)s)")

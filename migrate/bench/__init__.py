@@ -1,8 +1,11 @@
 """Benchmarks on the lab: cmigrate against the naive Docker workflow and the raw link, side by side.
 
-    cmigrate bench [--sizes 64,256,1024] [--dirty 0,10,100] [--repeats 5] [--out DIR]
+    cmigrate bench [--sizes 64,256,1024] [--dirty 0,10,100] [--procs 1,10,50,200] [--repeats 5] [--out DIR]
 
-Workloads: the seed's counter container, and ``memhog`` holding N MiB and dirtying D MB/s. Every workload also
+Workloads: the seed's counter container, ``memhog`` holding N MiB and dirtying D MB/s, and with ``--procs``
+``forest-N``: N processes under docker-init passing a token round a ring of pipes, each with a second thread, and
+N/10 zombies (migrate/lab/workloads/forest.c), for the dump and restore time against the process count (the
+summary's last table: each phase's time). Every workload also
 logs a CLOCK_REALTIME timestamp every 5 ms into a tmpfs (/tmp/ticks, carried by CRIU): the longest gap across a
 move is the downtime as the workload saw it. Methods run alternately (A B C A B C ...):
 
@@ -87,6 +90,9 @@ def _run_args(workload: str, mib: int, dirty: float, echo: bool = False) -> list
         if echo:
             script = f"{TICKER} ({COUNTER}) & {ECHO_SERVER}"
         return [*net, "--security-opt=seccomp:unconfined", "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", script]
+    if workload.startswith("forest-"):
+        return ["--init", "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c",
+                f"{TICKER} exec forest {int(workload.removeprefix('forest-'))}"]
     hog = ["memhog", str(mib), f"{dirty:g}", "5"]
     if echo:
         return [*net, "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", f"{shlex.join(hog)} & {ECHO_SERVER}"]
@@ -105,7 +111,8 @@ def _launch(name: str, workload: str, mib: int, dirty: float, echo: bool = False
     while True:   # wait until it runs for real: memory filled, first ticks written
         out = _docker("hostA", "logs", name).stdout.decode()
         ticks = _docker("hostA", "exec", name, "sh", "-c", "wc -l < /tmp/ticks", check=False).stdout.decode()
-        if (workload == "counter" or "verified" in out) and ticks.strip().isdigit() and int(ticks) > 20:
+        ready = workload == "counter" or "verified" in out or (workload.startswith("forest-") and "ready" in out)
+        if ready and ticks.strip().isdigit() and int(ticks) > 20:
             return
         if time.monotonic() > deadline:
             raise LabError(f"workload {name} did not get ready: {out[-200:]}")
@@ -247,10 +254,11 @@ TRIALS = {"cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "keepip": tria
 
 
 def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=METHODS, counter: bool = True,
-        say=print) -> list[Trial]:
+        say=print, procs: list[int] = ()) -> list[Trial]:
     lab.up()
     out.mkdir(parents=True, exist_ok=True)
-    configs = ([("counter", 0, 0.0)] if counter else []) + [("memhog", s, d) for s in sizes for d in dirty]
+    configs = ([("counter", 0, 0.0)] if counter else []) + [("memhog", s, d) for s in sizes for d in dirty] + \
+        [(f"forest-{n}", 0, 0.0) for n in procs]
     trials: list[Trial] = []
     for cfg in configs:
         for repeat in range(repeats):
@@ -304,8 +312,14 @@ def _stats(values: list[float]) -> tuple[float, float, float] | None:
     return (statistics.median(values), min(values), max(values)) if values else None
 
 
+def _order(key: tuple) -> tuple:
+    """counter first, then memhog, then forest-N by N (forest-50 before forest-200)."""
+    kind, _, n = key[0].partition("-")
+    return (key[0] != "counter", kind, int(n) if n.isdigit() else 0) + key[1:]
+
+
 def summary(trials: list[Trial]) -> str:
-    keys = sorted({(t.workload, t.memory_mib, t.dirty_mbps) for t in trials}, key=lambda k: (k[0] != "counter",) + k)
+    keys = sorted({(t.workload, t.memory_mib, t.dirty_mbps) for t in trials}, key=_order)
     lines = ["| workload | MiB | dirty MB/s | method | runs ok | downtime median (min-max) s | total median (min-max) s "
              "| post-copy window s | TCP client's longest stall s | wire MiB | agents peak RSS MiB (src/dst) "
              "| CLI peak RSS MiB |",
@@ -340,7 +354,23 @@ def summary(trials: list[Trial]) -> str:
         c, p, n, r = (med.get(m, (None, None)) for m in ("cmigrate", "postcopy", "naive", "raw"))
         ratios.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {div(c[0], n[0])} | {div(p[0], n[0])} | "
                       f"{div(p[0], c[0])} | {div(c[1], n[1])} | {div(c[1], r[1])} | {div(p[1], r[1])} |")
-    return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n"
+    return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n" + _phase_table(trials, keys)
+
+
+def _phase_table(trials: list[Trial], keys) -> str:
+    """Where the time goes: the median seconds of each phase of cmigrate's own report, per workload and method."""
+    names = ("preflight", "create", "dump", "transfer", "restore", "finish")
+    rows = ["", "Where the time goes (medians of cmigrate's report, s):", "",
+            "| workload | MiB | dirty | method | " + " | ".join(names) + " |", "|---|---|---|---|" + "---|" * len(names)]
+    for key in keys:
+        for method in METHODS:
+            phases = [dict(kv.split("=") for kv in t.phases.split()) for t in trials
+                      if (t.workload, t.memory_mib, t.dirty_mbps) == key and t.method == method and t.ok and t.phases]
+            if phases:
+                cells = [_stats([float(p[n]) for p in phases if n in p]) for n in names]
+                rows.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {method} | "
+                            + " | ".join(f"{c[0]:.3f}" if c else "-" for c in cells) + " |")
+    return "\n".join(rows) + "\n" if len(rows) > 5 else ""
 
 
 def plot(trials: list[Trial], path: Path) -> None:
