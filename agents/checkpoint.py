@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from agents import rootfs
+from agents import file_locks, images, rootfs, watches
 from agents.paths import replace_json, require_private_dir
 from agents.dockerd import FAST_RUNTIME, Docker, criu_config_for_cmigrate, criu_failure, criu_log_excerpt
 from migrate import __version__
@@ -96,8 +96,12 @@ def create(args: dict, ch) -> dict:
             raise PreflightError(f"checkpoint {name} already exists in {base}", container=container)
         if custom:
             custom.mkdir(mode=0o700, parents=True, exist_ok=True)
+        options = _dump_options(info, container)
         started = time.monotonic()
-        policy = docker_dump(dk, info, container, name, custom, target, exit=not leave_running)
+        try:
+            policy = docker_dump(dk, info, container, name, custom, target, exit=not leave_running)
+        finally:
+            restore_map_files(info["Id"]).dump.unlink(missing_ok=True)
         try:
             layer = rootfs.save(upper, target / META_DIR / "rootfs.tar")
         except MigrationError:
@@ -112,13 +116,39 @@ def create(args: dict, ch) -> dict:
         frozen = time.monotonic() - started
         meta = {"cmigrate": __version__, "name": name, "container": info["Name"].lstrip("/"),
                 "container_id": info["Id"], "image": info["Config"]["Image"], "created": time.time(),
-                "leave_running": leave_running, "tty": bool(info["Config"].get("Tty")), "rootfs": layer}
+                "leave_running": leave_running, "tty": bool(info["Config"].get("Tty")), "rootfs": layer,
+                "criu_options": options.splitlines()}
         (target / META_DIR / "meta.json").write_text(json.dumps(meta, indent=1))
         lock_down(target)
         return {"name": name, "dir": str(target), "bytes": dir_size(target), "frozen_seconds": frozen,
                 "running": leave_running}
     finally:
         dk.close()
+
+
+def _dump_options(info: dict, container: str) -> str:
+    """CRIU's options for a checkpoint of this container, handed to the dump by the cmigrate-runc runtime (a map
+    file it reads on ``checkpoint``): held file locks (``file-locks``) and the paths of watched files
+    (agents/watches.py). Docker's own checkpoint of a container under plain runc can pass CRIU nothing: one that
+    holds locks, or watches files outside /etc (CRIU's irmap looks there only), is refused before it is paused."""
+    pid = info["State"]["Pid"]
+    hints = watches.irmap_hints(pid, container)
+    locks = file_locks.held(pid)
+    if (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME:
+        options = ("file-locks\n" if locks else "") + hints
+        if options:
+            RESTORE_MAPS.mkdir(mode=0o700, parents=True, exist_ok=True)
+            restore_map_files(info["Id"]).dump.write_text(options)
+        return options
+    unseen = [line.split(" ", 1)[1] for line in hints.splitlines() if not line.split(" ", 1)[1].startswith("/etc")]
+    if locks or unseen:
+        what = "holds file locks (" + "; ".join(locks)[:200] + ")" if locks else \
+            "watches files CRIU cannot find by itself (" + ", ".join(unseen)[:200] + ")"
+        raise PreflightError(f"container {container} {what}, which Docker's checkpoint cannot carry under the "
+                             f"{info['HostConfig'].get('Runtime') or 'runc'} runtime", container=container,
+                             hint=f"run the container with --runtime {FAST_RUNTIME} (./install.sh registers it), "
+                             "or move it with cmigrate, which dumps it itself")
+    return ""
 
 
 def docker_dump(dk: Docker, info: dict, container: str, name: str, checkpoint_dir: Path | None, target: Path,
@@ -258,11 +288,13 @@ class RestoreMapFiles(NamedTuple):
     gate: Path
     netns: Path
     lock: Path   # the network lock's nft rules: restore_gate.py locks the new namespace before the endpoint is in
+    dump: Path   # CRIU's options for a checkpoint Docker runs (cmigrate checkpoint create)
 
 
 def restore_map_files(cid: str) -> RestoreMapFiles:
     return RestoreMapFiles(RESTORE_MAPS / cid, RESTORE_MAPS / f"{cid}.conf", RESTORE_MAPS / f"{cid}.lazy",
-                           RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns", RESTORE_MAPS / f"{cid}.lock")
+                           RESTORE_MAPS / f"{cid}.gate", RESTORE_MAPS / f"{cid}.netns", RESTORE_MAPS / f"{cid}.lock",
+                           RESTORE_MAPS / f"{cid}.dump")
 
 
 def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = None, criu_extra: str = "") -> None:
@@ -278,7 +310,7 @@ def _start_from(dk: Docker, info: dict, source: Path, lazy_dir: Path | None = No
     temp = dk.root_dir / "containers" / info["Id"] / "checkpoints" / temp_name
     temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
-    mapping, conf, lazy, _, netns, lock = restore_map_files(info["Id"])
+    mapping, conf, lazy, _, netns, lock, _ = restore_map_files(info["Id"])
     if lazy_dir is not None and not fast:
         raise RestoreError("a post-copy restore needs the cmigrate-runc runtime on this host",
                            hint="register it with dockerd (see README)")
@@ -527,13 +559,52 @@ def restore(args: dict, ch) -> dict:
         if not (source / "inventory.img").exists():
             raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
         started = time.monotonic()
-        restore_from(dk, info, source)
+        # locks held at the checkpoint are held again (file-locks); only cmigrate-runc can tell CRIU so
+        fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
+        restore_from(dk, info, source, criu_extra="file-locks\n" if fast else "")
         return {"container": container, "name": name, "seconds": time.monotonic() - started}
     finally:
         dk.close()
 
 
+def _readable(args: dict, *names: str) -> list[Path]:
+    """The directories of the container's checkpoints ``names``, each one of root's that only root may write."""
+    container = args["container"]
+    custom = _checkpoint_dir(args)
+    dk = Docker()
+    try:
+        base = _base(dk, dk.inspect(container), custom)
+    finally:
+        dk.close()
+    dirs = []
+    for name in names:
+        source = base / validate_checkpoint(name)
+        if not (source / "inventory.img").exists():
+            raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
+        dirs.append(require_private_dir(source, f"checkpoint {name}"))
+    return dirs
+
+
+def inspect(args: dict, ch) -> dict:
+    """What a checkpoint holds (agents/images.py), and with ``search`` where a text lies in its memory."""
+    container, name = args["container"], args["name"]
+    found = images.Checkpoint(_readable(args, name)[0])
+    report = found.describe() | {"name": name, "container": container}
+    if args.get("search"):
+        report["search"] = {"text": args["search"], "found": found.search(args["search"])}
+    return report
+
+
+def diff(args: dict, ch) -> dict:
+    """From checkpoint ``name`` to ``other`` of one container (agents/images.py ``diff``)."""
+    a, b = _readable(args, args["name"], args["other"])
+    return images.diff(images.Checkpoint(a), images.Checkpoint(b)) | {
+        "container": args["container"], "from": args["name"], "to": args["other"]}
+
+
 OPERATIONS = {
+    "checkpoint.inspect": inspect,
+    "checkpoint.diff": diff,
     "checkpoint.create": create,
     "checkpoint.ls": list_checkpoints,
     "checkpoint.rm": remove,

@@ -8,30 +8,24 @@ each lock's process, descriptor and file. The kernel lists the locks on a descri
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from agents.watches import container_pids
+from agents import tasks
 from migrate.errors import PreflightError
 
 
 def held(init_pid: int) -> list[str]:
     """One "pid P fd N (KIND on PATH)" per descriptor of the container's processes whose file is locked."""
     found = []
-    for pid in container_pids(init_pid):
+    for pid, fd, target in tasks.descriptors(init_pid):
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except OSError:
             continue
-        for fd in sorted(fds, key=int):
-            try:
-                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-                if "\nlock:" not in info:
-                    continue
-                kinds = sorted({line.split()[2] for line in info.splitlines() if line.startswith("lock:")})
-                found.append(f"pid {pid} fd {fd} ({'/'.join(kinds)} on {os.readlink(f'/proc/{pid}/fd/{fd}')})")
-            except (OSError, IndexError):
-                continue
+        kinds = sorted({line.split()[2] for line in info.splitlines() if line.startswith("lock:")
+                        and len(line.split()) > 2})
+        if kinds:
+            found.append(f"pid {pid} fd {fd} ({'/'.join(kinds)} on {target})")
     return found
 
 

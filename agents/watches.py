@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents import tasks
 from migrate.errors import PreflightError
 
 # "inotify wd:1 ino:16c459 sdev:29 mask:382 ..." and "fanotify ino:16c043 sdev:29 mflags:0 mask:..." (fs/notify)
@@ -53,38 +54,13 @@ def parse_fdinfo(pid: int, fd: int, text: str) -> list[Watch]:
             for kind, ino, sdev in MARK.findall(text)]
 
 
-def container_pids(init_pid: int) -> list[int]:
-    """``init_pid`` and its descendants (every thread's children), as /proc lists them now."""
-    pids, todo = [], [init_pid]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                todo += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-            except OSError:
-                pass
-    return pids
-
-
 def held(init_pid: int) -> list[Watch]:
     """Every watch (an inotify watch, a fanotify inode mark) the container's processes hold."""
     found = []
-    for pid in container_pids(init_pid):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
+    for pid, fd, target in tasks.descriptors(init_pid):
+        if target in ("anon_inode:inotify", "anon_inode:[fanotify]"):
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target not in ("anon_inode:inotify", "anon_inode:[fanotify]"):
-                    continue
-                found += parse_fdinfo(pid, int(fd), Path(f"/proc/{pid}/fdinfo/{fd}").read_text())
+                found += parse_fdinfo(pid, fd, Path(f"/proc/{pid}/fdinfo/{fd}").read_text())
             except OSError:
                 continue   # closed meanwhile: nothing to dump
     return found

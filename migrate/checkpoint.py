@@ -44,3 +44,79 @@ def start(container: str, checkpoint: str, *, host: str = "local", checkpoint_di
     with agent(host, ssh_config) as a:
         return a.call("checkpoint.restore", container=container, name=checkpoint,
                       checkpoint_dir=_dir(checkpoint_dir))
+
+
+def inspect(container: str, name: str, *, host: str = "local", checkpoint_dir: str | None = None,
+            search: str | None = None, ssh_config: str | None = None) -> dict:
+    """What a checkpoint holds, decoded from CRIU's images on ``host``: processes (pid, parent, name, state, uid,
+    command line, memory, open files and sockets), mounts, namespaces, the writable layer's changed and deleted
+    paths, CRIU's dump stats; with ``search``, where that text lies in the processes' memory (pid, address)."""
+    container, name = validate_container(container), validate_checkpoint(name)
+    with agent(host, ssh_config) as a:
+        return a.call("checkpoint.inspect", container=container, name=name, checkpoint_dir=_dir(checkpoint_dir),
+                      search=search)
+
+
+def diff(container: str, name: str, other: str, *, host: str = "local", checkpoint_dir: str | None = None,
+         ssh_config: str | None = None) -> dict:
+    """From checkpoint ``name`` to ``other``: processes added and removed, memory change per process and in all,
+    the writable layer's files added, removed and changed."""
+    container = validate_container(container)
+    name, other = validate_checkpoint(name), validate_checkpoint(other)
+    with agent(host, ssh_config) as a:
+        return a.call("checkpoint.diff", container=container, name=name, other=other,
+                      checkpoint_dir=_dir(checkpoint_dir))
+
+
+def render_diff(d: dict) -> str:
+    """``diff``'s report as text."""
+    sign = lambda n: f"{'+' if n >= 0 else '-'}{_mib(abs(n))}"  # noqa: E731
+    lines = [f"{d['container']}: checkpoint {d['from']} -> {d['to']}"]
+    lines += [f"  process added:   {p['pid']} {' '.join(p['cmdline']) or p['name']}" for p in d["processes_added"]]
+    lines += [f"  process removed: {p['pid']} {' '.join(p['cmdline']) or p['name']}" for p in d["processes_removed"]]
+    lines += [f"  process {p['pid']} {p['name']}: {p['before']} -> {p['after']}" for p in d["processes_changed"]]
+    lines.append(f"  memory: {sign(d['memory_change'])} in all")
+    lines += [f"    pid {m['pid']} {m['name']}: {_mib(m['before'])} -> {_mib(m['after'])}" for m in d["memory"]
+              if m["change"]]
+    lines += [f"  file added:   {p}" for p in d["files_added"]] + [f"  file removed: {p}" for p in d["files_removed"]]
+    lines += [f"  file changed: {p}" for p in d["files_changed"]]
+    return "\n".join(lines)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def render(report: dict) -> str:
+    """``inspect``'s report as text, as ``cmigrate checkpoint inspect`` prints it."""
+    meta, stats = report.get("meta") or {}, report.get("stats") or {}
+    lines = [f"checkpoint {report['name']} of {report['container']} ({report['dir']})"
+             + (f": image {meta['image']}, cmigrate {meta.get('cmigrate')}" if meta.get("image") else "")]
+    if stats:
+        lines.append(f"CRIU: frozen {stats.get('frozen_time', 0) / 1000:.1f} ms, memory dump "
+                     f"{stats.get('memdump_time', 0) / 1000:.1f} ms, {stats.get('pages_written', 0)} pages written")
+    lines.append("namespaces: " + ", ".join(f"{k} {v}" for k, v in sorted(report.get("namespaces", {}).items())))
+    procs = report.get("processes") or []
+    lines += [f"processes ({len(procs)}):",
+              f"  {'PID':>6} {'PPID':>6} {'UID':>6} {'STATE':<7} {'THREADS':>7} {'MEMORY':>10} {'DUMPED':>10}  COMMAND"]
+    for p in procs:
+        command = " ".join(p["cmdline"]) or f"[{p['name']}]"
+        lines.append(f"  {p['pid']:>6} {p['ppid']:>6} {p['uid'] if p['uid'] is not None else '-':>6} "
+                     f"{p['state']:<7} {p['threads']:>7} {_mib(p['memory_bytes']):>10} {_mib(p['dumped_bytes']):>10}"
+                     f"  {command[:200]}")
+        lines += [f"           fd {f['fd']}: {f['what']}" for f in p["files"]]
+    mounts = report.get("mounts") or []
+    lines.append(f"mounts ({len(mounts)}):")
+    lines += [f"  {m['mountpoint']} {m['fstype']} {m['source']}{' (external)' if m['external'] else ''}"
+              for m in mounts]
+    layer = report.get("layer") or {}
+    if layer:
+        lines.append(f"writable layer: {layer['bytes']} bytes in {len(layer['changed'])} changed files, "
+                     f"{len(layer['deleted'])} deleted")
+        lines += [f"  + {p}" for p in layer["changed"]] + [f"  - {p}" for p in layer["deleted"]]
+    if "search" in report:
+        found = report["search"]["found"]
+        lines.append(f"search {report['search']['text']!r}: {len(found)} found")
+        printable = lambda s: "".join(c if c.isprintable() else "." for c in s)  # noqa: E731
+        lines += [f"  pid {m['pid']} at {m['address']}: {printable(m['context'])}" for m in found]
+    return "\n".join(lines)

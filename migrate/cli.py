@@ -97,6 +97,14 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         lines += [f"{c['name']:<24} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['created'])):<20} "
                   f"{_human_bytes(c['bytes'])}" for c in res]
         _emit(args, res, "\n".join(lines))
+    elif args.action == "diff":
+        res = checkpoint.diff(args.container, args.name, args.other, **where)
+        _emit(args, res, checkpoint.render_diff(res))
+    elif args.action == "inspect":
+        res = checkpoint.inspect(args.container, args.name, search=args.search, **where)
+        if args.format == "json":
+            args.json = True
+        _emit(args, res, checkpoint.render(res))
     else:
         res = checkpoint.rm(args.container, args.name, **where)
         _emit(args, res, None)
@@ -182,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("up", "status", "down"))
     p.set_defaults(func=cmd_lab)
 
-    cp = sub.add_parser("checkpoint", help="create, list and remove checkpoints of a container")
+    cp = sub.add_parser("checkpoint", help="create, list, inspect and remove checkpoints of a container")
     csub = cp.add_subparsers(dest="action", metavar="ACTION", required=True)
     dir_help = "use a custom checkpoint storage directory (absolute path on the container's host)"
     p = csub.add_parser("create", parents=[common], help="checkpoint a running container")
@@ -194,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("ls", parents=[common], help="list a container's checkpoints")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
     p.add_argument("container")
+    p.set_defaults(func=cmd_checkpoint)
+    p = csub.add_parser("inspect", parents=[common],
+                        help="show what a checkpoint holds: processes, files, sockets, memory, mounts, layer")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
+    p.add_argument("--search", metavar="TEXT", help="also say which process and address hold TEXT in memory")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    p.add_argument("container")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_checkpoint)
+    p = csub.add_parser("diff", parents=[common], help="what changed from one checkpoint to another: processes, "
+                        "memory, files of the writable layer")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
+    p.add_argument("container")
+    p.add_argument("name")
+    p.add_argument("other")
     p.set_defaults(func=cmd_checkpoint)
     p = csub.add_parser("rm", parents=[common], help="remove a checkpoint")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)

@@ -297,3 +297,36 @@ def test_a_freeze_waits_for_the_health_probe_due_within_it(both, monkeypatch):
         assert health["Status"] == "healthy" and {e["ExitCode"] for e in health["Log"]} == {0}, health["Log"]
     finally:
         dk.close()
+
+
+def test_checkpoint_create_and_start_keep_locks_and_watches_under_cmigrate_runc(both):
+    # cmigrate checkpoint goes through Docker's checkpoint; the cmigrate-runc runtime hands that dump CRIU's
+    # file-locks and the watched files' paths, and the restore file-locks
+    a, _ = both
+    name = a.run_detached("--runtime", "cmigrate-runc", "busybox", "sh", "-c",
+                          "mkdir -p /w && (watcher /w > /watch.log &) && exec locker /held.lock")
+    a.wait_logs(name, lambda lines: len(lines) >= 3)
+    assert _locks(a, name) == HELD
+    res = cmigrate("-H", "hostA", "checkpoint", "create", name, "held")
+    assert res.status == 0, res.err
+    res = cmigrate("-H", "hostA", "start", "--checkpoint", "held", name)
+    assert res.status == 0, res.err
+    assert _locks(a, name) == HELD, "a lock is free after the restore"
+    a("exec", name, "touch", "/w/after")
+    deadline = time.monotonic() + 10
+    while "inotify /w after create" not in a("exec", name, "cat", "/watch.log").out:
+        assert time.monotonic() < deadline, a("exec", name, "cat", "/watch.log").out
+        time.sleep(0.1)
+
+
+def test_checkpoint_of_a_runc_container_holding_locks_is_refused_before_the_pause(both):
+    a, _ = both
+    name = a.run_detached("busybox", "locker", "/held.lock")
+    a.wait_logs(name, lambda lines: len(lines) >= 2)
+    with Watch([a], name, "{{.State.Running}} {{.State.Paused}}") as seen:
+        res = cmigrate("-H", "hostA", "checkpoint", "create", name, "held")
+    assert res.status != 0
+    line = res.err.strip().splitlines()[0]
+    assert "holds file locks" in line and "/held.lock" in line and "runc runtime" in line, res.err
+    assert {s for _, s in seen.seen} == {"true false"}, "the container stopped or paused"
+    assert _locks(a, name) == HELD
