@@ -28,7 +28,7 @@ from migrate import __version__
 from migrate.errors import (CheckpointError, DockerError, MigrationError, PreflightError, RestoreError,
                             RollbackError, UsageError)
 from migrate.hostinfo import require_criu
-from migrate.names import validate_checkpoint
+from migrate.names import validate_checkpoint, validate_container
 from transport.hosts import LocalHost
 
 META_DIR = "cmigrate"
@@ -240,16 +240,8 @@ def list_checkpoints(args: dict, ch) -> list[dict]:
 
 
 def remove(args: dict, ch) -> dict:
-    container, name = args["container"], validate_checkpoint(args["name"])
-    custom = _checkpoint_dir(args)
-    dk = Docker()
-    try:
-        base = _base(dk, dk.inspect(container), custom)
-    finally:
-        dk.close()
-    target = base / name
-    if not (target / "inventory.img").exists():
-        raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
+    name = args["name"]
+    target = _existing(args, name)[0]
     shutil.rmtree(target)
     return {"name": name, "removed": str(target)}
 
@@ -567,8 +559,8 @@ def restore(args: dict, ch) -> dict:
         dk.close()
 
 
-def _readable(args: dict, *names: str) -> list[Path]:
-    """The directories of the container's checkpoints ``names``, each one of root's that only root may write."""
+def _existing(args: dict, *names: str) -> list[Path]:
+    """The directories of the container's checkpoints ``names``; PreflightError for one that is not there."""
     container = args["container"]
     custom = _checkpoint_dir(args)
     dk = Docker()
@@ -576,13 +568,16 @@ def _readable(args: dict, *names: str) -> list[Path]:
         base = _base(dk, dk.inspect(container), custom)
     finally:
         dk.close()
-    dirs = []
-    for name in names:
-        source = base / validate_checkpoint(name)
-        if not (source / "inventory.img").exists():
-            raise PreflightError(f"no checkpoint {name} for container {container} in {base}", container=container)
-        dirs.append(require_private_dir(source, f"checkpoint {name}"))
+    dirs = [base / validate_checkpoint(name) for name in names]
+    for d in dirs:
+        if not (d / "inventory.img").exists():
+            raise PreflightError(f"no checkpoint {d.name} for container {container} in {base}", container=container)
     return dirs
+
+
+def _readable(args: dict, *names: str) -> list[Path]:
+    """``_existing``, each a directory of root's that only root may write."""
+    return [require_private_dir(d, f"checkpoint {d.name}") for d in _existing(args, *names)]
 
 
 def inspect(args: dict, ch) -> dict:
@@ -595,6 +590,50 @@ def inspect(args: dict, ch) -> dict:
     return report
 
 
+def clone(args: dict, ch) -> dict:
+    """A new container ``new`` started from checkpoint ``name`` of ``container``: the same image, configuration and
+    writable layer, a name and address of its own, as many times as asked. Connections the checkpoint holds are
+    restored closed (CRIU's tcp-close); published ports are left out (the original, or another clone, holds
+    them). Runs under cmigrate-runc, the one way to hand CRIU that option. On failure the new container is gone."""
+    container, name, new = args["container"], args["name"], validate_container(args["new"])
+    source = _readable(args, name)[0]
+    dk = Docker()
+    try:
+        if dk.exists(new):
+            raise PreflightError(f"a container named {new} already exists", container=new)
+        if not dk.has_fast_runtime():
+            raise PreflightError(f"a clone needs the {FAST_RUNTIME} runtime on this host", container=new,
+                                 hint="install cmigrate here with ./install.sh")
+        _preflight(dk)
+        info = dk.inspect(container)
+        resp = dk.api.post(dk.api._url("/containers/create"), params={"name": new}, json=_clone_config(info))
+        dk._check(resp, f"create container {new}", new)
+        cid = resp.json()["Id"]
+        try:
+            started = time.monotonic()
+            restore_from(dk, dk.inspect(cid), source, criu_extra="tcp-close\nfile-locks\n")
+        except BaseException:
+            dk.api.remove_container(cid, force=True, v=True)
+            raise
+        address = [ep.get("IPAddress") for ep in (dk.inspect(cid)["NetworkSettings"].get("Networks") or {}).values()]
+        return {"container": new, "id": cid, "from": container, "name": name, "addresses": address,
+                "seconds": time.monotonic() - started}
+    finally:
+        dk.close()
+
+
+def _clone_config(info: dict) -> dict:
+    config = dict(info["Config"])
+    config.pop("Hostname", None)   # its own, as Docker gives every container; CRIU restores the UTS name anyway
+    hc = dict(info["HostConfig"])
+    hc["Runtime"], hc["PortBindings"], hc["PublishAllPorts"] = FAST_RUNTIME, {}, False
+    config["HostConfig"] = hc
+    networks = sorted((info.get("NetworkSettings") or {}).get("Networks") or {})
+    if networks and networks[0] not in ("bridge", "host", "none"):
+        config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: {}}}
+    return config
+
+
 def diff(args: dict, ch) -> dict:
     """From checkpoint ``name`` to ``other`` of one container (agents/images.py ``diff``)."""
     a, b = _readable(args, args["name"], args["other"])
@@ -605,6 +644,7 @@ def diff(args: dict, ch) -> dict:
 OPERATIONS = {
     "checkpoint.inspect": inspect,
     "checkpoint.diff": diff,
+    "checkpoint.clone": clone,
     "checkpoint.create": create,
     "checkpoint.ls": list_checkpoints,
     "checkpoint.rm": remove,

@@ -38,10 +38,15 @@ def rm(container: str, name: str, *, host: str = "local", checkpoint_dir: str | 
 
 
 def start(container: str, checkpoint: str, *, host: str = "local", checkpoint_dir: str | None = None,
-          ssh_config: str | None = None) -> dict:
-    """Start a stopped container from a checkpoint: memory and writable layer as they were at that point."""
+          ssh_config: str | None = None, name: str | None = None) -> dict:
+    """Start a stopped container from a checkpoint: memory and writable layer as they were at that point. With
+    ``name``, start a new container of that name from it instead (a clone: any number of times, each with its own
+    name and address, connections closed), the original left as it is."""
     container, checkpoint = validate_container(container), validate_checkpoint(checkpoint)
     with agent(host, ssh_config) as a:
+        if name is not None:
+            return a.call("checkpoint.clone", container=container, name=checkpoint, new=validate_container(name),
+                          checkpoint_dir=_dir(checkpoint_dir))
         return a.call("checkpoint.restore", container=container, name=checkpoint,
                       checkpoint_dir=_dir(checkpoint_dir))
 

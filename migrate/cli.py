@@ -114,8 +114,8 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     from migrate import checkpoint
     res = checkpoint.start(args.container, args.checkpoint, host=args.host, checkpoint_dir=args.checkpoint_dir,
-                           ssh_config=args.ssh_config)
-    _emit(args, res, args.container)
+                           ssh_config=args.ssh_config, name=args.name)
+    _emit(args, res, res["container"] if args.name else args.container)
     return 0
 
 
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("start", parents=[common], help="start a stopped container from a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="NAME", help="restore from this checkpoint")
+    p.add_argument("--name", metavar="NEW", help="start a new container NEW from the checkpoint (a clone; "
+                   "connections closed, published ports left out) and leave CONTAINER as it is")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
     p.add_argument("container")
     p.set_defaults(func=cmd_start)

@@ -49,3 +49,16 @@ def test_under_runc_what_docker_cannot_carry_is_refused(held, locks, hints, says
 def test_under_runc_a_watch_in_etc_is_left_to_criu(held):
     held([], "irmap-scan-path /etc\n")
     assert checkpoint._dump_options(info(""), "c1") == ""
+
+
+def test_a_clone_gets_its_own_hostname_no_published_ports_and_the_fast_runtime():
+    orig = {"Config": {"Hostname": "abc123", "Image": "busybox", "Cmd": ["sh"]},
+            "HostConfig": {"Runtime": "runc", "PortBindings": {"80/tcp": [{"HostPort": "8080"}]},
+                           "PublishAllPorts": True, "Binds": ["v:/v"]},
+            "NetworkSettings": {"Networks": {"appnet": {}}}}
+    config = checkpoint._clone_config(orig)
+    assert "Hostname" not in config and config["Cmd"] == ["sh"]
+    assert config["HostConfig"] == {"Runtime": "cmigrate-runc", "PortBindings": {}, "PublishAllPorts": False,
+                                    "Binds": ["v:/v"]}
+    assert config["NetworkingConfig"] == {"EndpointsConfig": {"appnet": {}}}
+    assert orig["HostConfig"]["Runtime"] == "runc" and "Hostname" in orig["Config"]   # the original untouched
