@@ -10,6 +10,7 @@ root, only in directories of root's (the CLI asks it on the host where the check
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import socket
@@ -162,43 +163,48 @@ class Checkpoint:
         return {k: d[k] for k in ("freezing_time", "frozen_time", "memdump_time", "memwrite_time",
                                   "pages_scanned", "pages_written") if k in d}
 
-    def layer(self) -> dict:
-        """The writable layer saved with the checkpoint: its size and the paths it changes (deleted ones too)."""
+    def _layer(self):
+        """(path, tar member, deleted) for each entry of the saved writable layer but directories; a deletion is a
+        whiteout (``.wh.NAME``, or overlayfs' 0:0 character device)."""
         tar = self.dir / "cmigrate" / "rootfs.tar"
         if not tar.exists():
-            return {}
-        changed, deleted, size = [], [], 0
+            return
         with tarfile.open(tar) as t:
             for m in t:
                 name = "/" + m.name.lstrip("./")
-                base = name.rsplit("/", 1)[-1]
-                if base.startswith(".wh.") or (m.ischr() and m.devmajor == 0 and m.devminor == 0):
-                    deleted.append(name.replace(".wh.", "", 1))
+                if name.rsplit("/", 1)[-1].startswith(".wh."):
+                    yield name.replace(".wh.", "", 1), m, t, True
+                elif m.ischr() and m.devmajor == 0 and m.devminor == 0:
+                    yield name, m, t, True
                 elif not m.isdir():
-                    changed.append(name)
-                    size += m.size
+                    yield name, m, t, False
+
+    def layer(self) -> dict:
+        """The writable layer saved with the checkpoint: its size and the paths it changes (deleted ones too)."""
+        if not (self.dir / "cmigrate" / "rootfs.tar").exists():
+            return {}
+        changed, deleted, size = [], [], 0
+        for name, m, _, gone in self._layer():
+            if gone:
+                deleted.append(name)
+            else:
+                changed.append(name)
+                size += m.size
         return {"bytes": size, "changed": sorted(changed), "deleted": sorted(deleted)}
 
     def layer_files(self) -> dict[str, str]:
         """Each path of the saved writable layer -> a digest of what it is (content, mode, link target; a
         deletion is "deleted")."""
-        import hashlib
-        tar = self.dir / "cmigrate" / "rootfs.tar"
         files: dict[str, str] = {}
-        if not tar.exists():
-            return files
-        with tarfile.open(tar) as t:
-            for m in t:
-                name = "/" + m.name.lstrip("./")
-                base = name.rsplit("/", 1)[-1]
-                if base.startswith(".wh.") or (m.ischr() and m.devmajor == 0 and m.devminor == 0):
-                    files[name.replace(".wh.", "", 1)] = "deleted"
-                elif not m.isdir():
-                    h = hashlib.sha256(f"{m.type!r} {m.mode:o} {m.linkname}".encode())
-                    if m.isfile():
-                        for chunk in iter(lambda f=t.extractfile(m): f.read(1 << 20), b""):
-                            h.update(chunk)
-                    files[name] = h.hexdigest()
+        for name, m, t, gone in self._layer():
+            if gone:
+                files[name] = "deleted"
+                continue
+            h = hashlib.sha256(f"{m.type!r} {m.mode:o} {m.linkname}".encode())
+            if m.isfile():
+                for chunk in iter(lambda f=t.extractfile(m): f.read(1 << 20), b""):
+                    h.update(chunk)
+            files[name] = h.hexdigest()
         return files
 
     def meta(self) -> dict:
