@@ -19,6 +19,7 @@ from transport.hosts import Host, LocalHost, tail
 DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
 DEFAULT_IO_TIMEOUT = 120.0   # a host that sends nothing for this long is gone (cmigrate --io-timeout)
+START_TIMEOUT = 5.0   # seconds an agent may take to answer its hello, whatever the I/O timeout
 KEEPALIVE = 0.25   # seconds between signs of life: the CLI's between calls, an agent's during a call
 PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
@@ -26,7 +27,8 @@ Progress = Callable[[dict], None]
 
 class AgentSession:
     """One agent process on ``host``. Use as a context manager; ``call`` runs one operation there. ``timeout``:
-    give up on a silent agent after that many seconds, from the version handshake on (None: never)."""
+    give up on a silent agent after that many seconds, from the version handshake on, which may take
+    START_TIMEOUT at least (None: never)."""
 
     def __init__(self, host: Host, agent: str | None = None, timeout: float | None = DEFAULT_IO_TIMEOUT) -> None:
         self.host = host
@@ -46,8 +48,10 @@ class AgentSession:
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         try:
-            self.set_timeout(timeout)
+            # a starting agent (Python and its imports, on a host busy with the container) is not a silent one
+            self.set_timeout(max(timeout, START_TIMEOUT) if timeout is not None else None)
             self._handshake()
+            self.set_timeout(timeout)
         except BaseException:
             self.close()
             raise
@@ -87,8 +91,9 @@ class AgentSession:
             return TransportError("cmigrate-agent is not installed", host=self.host.name, status=status,
                                   hint="run ./install.sh on that host", detail=err)
         if not self.remote and isinstance(exc, TimeoutError):
-            return TransportError(f"the agent did not answer within {self.timeout() or 0:g} s (--io-timeout)",
-                                  host=self.host.name, detail=err)
+            return TransportError(f"the agent did not answer within {self.timeout() or 0:g} s of its start "
+                                  f"(--io-timeout, and at least {START_TIMEOUT:g} s)", host=self.host.name,
+                                  detail=err)
         if not self.remote:
             return AgentError(f"the agent exited before it answered (exit status {status}): {err or exc}",
                               host=self.host.name, status=status, detail=err,

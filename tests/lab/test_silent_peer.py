@@ -1,5 +1,6 @@
 """No wait without a bound: an agent that starts but never answers (a hung host, a stuck sshd) ends a migration
-and a recover within the I/O timeout, with one clear line, and touches nothing."""
+and a recover within the I/O timeout (an agent gets at least 5 s to start), with one clear line, and touches
+nothing."""
 from __future__ import annotations
 
 import time
@@ -28,7 +29,7 @@ def test_a_silent_agent_ends_a_migration_within_the_io_timeout(docker_a, docker_
     took = time.monotonic() - t0
     assert res.status == 1, res.out + res.err
     lines = [ln for ln in res.err.splitlines() if ln.startswith("cmigrate: error:")]
-    assert len(lines) == 1 and "did not answer within 3 s" in lines[0], res.err
+    assert len(lines) == 1 and "did not answer within 5 s of its start" in lines[0], res.err
     assert took < 20, f"took {took:.1f} s"
     assert docker_a.state(name) == "running" and docker_b("inspect", name, check=False).status != 0
 
@@ -38,7 +39,7 @@ def test_a_silent_agent_ends_recover_within_the_io_timeout(silent_agent):
     res = cmigrate("recover", "--io-timeout", "3", "hostA", env={"CMIGRATE_AGENT": silent_agent}, timeout=60)
     took = time.monotonic() - t0
     assert res.status == 1, res.out + res.err
-    assert "did not answer within 3 s" in res.err.strip().splitlines()[-1], res.err
+    assert "did not answer within 5 s of its start" in res.err.strip().splitlines()[-1], res.err
     assert took < 20, f"took {took:.1f} s"
 
 
