@@ -46,7 +46,12 @@ def _checkpoint_dir(args: dict) -> Path | None:
 
 
 def _base(dk: Docker, inspect: dict, custom: Path | None) -> Path:
-    return custom if custom else dk.root_dir / "containers" / inspect["Id"] / "checkpoints"
+    return custom if custom else container_checkpoints(dk, inspect)
+
+
+def container_checkpoints(dk: Docker, inspect: dict) -> Path:
+    """Where Docker keeps the container's own checkpoints."""
+    return dk.root_dir / "containers" / inspect["Id"] / "checkpoints"
 
 
 def this_host() -> LocalHost:
@@ -111,13 +116,13 @@ def create(args: dict, ch) -> dict:
             raise
         if leave_running:
             dk.unpause(info["Id"])
-        else:
-            dk.set_restart_policy(info["Id"], policy)   # stopped now: the policy cannot restart it
+        # else its restart policy stays set aside ("no") until a restore from a checkpoint puts it back: a
+        # daemon restarting (the host's reboot) would start a fresh copy under always/unless-stopped
         frozen = time.monotonic() - started
         meta = {"cmigrate": __version__, "name": name, "container": info["Name"].lstrip("/"),
                 "container_id": info["Id"], "image": info["Config"]["Image"], "created": time.time(),
                 "leave_running": leave_running, "tty": bool(info["Config"].get("Tty")), "rootfs": layer,
-                "criu_options": options.splitlines()}
+                "criu_options": options.splitlines(), "restart_policy": policy}
         (target / META_DIR / "meta.json").write_text(json.dumps(meta, indent=1))
         lock_down(target)
         return {"name": name, "dir": str(target), "bytes": dir_size(target), "frozen_seconds": frozen,
@@ -554,9 +559,19 @@ def restore(args: dict, ch) -> dict:
         # locks held at the checkpoint are held again (file-locks); only cmigrate-runc can tell CRIU so
         fast = (info["HostConfig"].get("Runtime") or "") == FAST_RUNTIME
         restore_from(dk, info, source, criu_extra="file-locks\n" if fast else "")
+        held = read_meta(source).get("restart_policy")
+        if held and (info["HostConfig"].get("RestartPolicy") or {}).get("Name", "no") in ("", "no"):
+            dk.set_restart_policy(info["Id"], held)   # set aside by the checkpoint: running again, it is back
         return {"container": container, "name": name, "seconds": time.monotonic() - started}
     finally:
         dk.close()
+
+
+def read_meta(checkpoint: Path) -> dict:
+    try:
+        return json.loads((checkpoint / META_DIR / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _existing(args: dict, *names: str) -> list[Path]:
@@ -575,7 +590,7 @@ def _existing(args: dict, *names: str) -> list[Path]:
     return dirs
 
 
-def _readable(args: dict, *names: str) -> list[Path]:
+def readable(args: dict, *names: str) -> list[Path]:
     """``_existing``, each a directory of root's that only root may write."""
     return [require_private_dir(d, f"checkpoint {d.name}") for d in _existing(args, *names)]
 
@@ -583,7 +598,7 @@ def _readable(args: dict, *names: str) -> list[Path]:
 def inspect(args: dict, ch) -> dict:
     """What a checkpoint holds (agents/images.py), and with ``search`` where a text lies in its memory."""
     container, name = args["container"], args["name"]
-    found = images.Checkpoint(_readable(args, name)[0])
+    found = images.Checkpoint(readable(args, name)[0])
     report = found.describe() | {"name": name, "container": container}
     if args.get("search"):
         report["search"] = {"text": args["search"], "found": found.search(args["search"])}
@@ -596,7 +611,7 @@ def clone(args: dict, ch) -> dict:
     restored closed (CRIU's tcp-close); published ports are left out (the original, or another clone, holds
     them). Runs under cmigrate-runc, the one way to hand CRIU that option. On failure the new container is gone."""
     container, name, new = args["container"], args["name"], validate_container(args["new"])
-    source = _readable(args, name)[0]
+    source = readable(args, name)[0]
     dk = Docker()
     try:
         if dk.exists(new):
@@ -636,12 +651,74 @@ def _clone_config(info: dict) -> dict:
 
 def diff(args: dict, ch) -> dict:
     """From checkpoint ``name`` to ``other`` of one container (agents/images.py ``diff``)."""
-    a, b = _readable(args, args["name"], args["other"])
+    a, b = readable(args, args["name"], args["other"])
     return images.diff(images.Checkpoint(a), images.Checkpoint(b)) | {
         "container": args["container"], "from": args["name"], "to": args["other"]}
 
 
+# ---------------------------------------------------------------------- a whole host at once
+ALL_AT_ONCE = 4   # containers dumped or restored side by side: CRIU is CPU- and disk-bound, dockerd serialises some
+
+
+def _each(containers: list[dict], step, args: dict, ch) -> list[dict]:
+    """``step`` (create or restore) for each container, ALL_AT_ONCE at a time; one's failure is its own: the
+    others go on. Each outcome says the container and either the step's result or its error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(c: dict) -> dict:
+        try:
+            result = step(args | {"container": c["name"]}, ch)
+            outcome = {"container": c["name"], "ok": True, "result": result}
+        except MigrationError as exc:
+            outcome = {"container": c["name"], "ok": False, "error": exc.line()}
+        except Exception as exc:  # noqa: BLE001 - one container's bug must not stop the others
+            outcome = {"container": c["name"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if ch is not None:
+            ch.emit({"event": "container-done"} | outcome)
+        return outcome
+
+    with ThreadPoolExecutor(ALL_AT_ONCE) as pool:
+        return list(pool.map(one, containers))
+
+
+def _whole_host(args: dict) -> None:
+    if args.get("checkpoint_dir"):
+        raise UsageError("--all keeps each checkpoint in its container's own directory: leave out --checkpoint-dir")
+
+
+def create_all(args: dict, ch) -> list[dict]:
+    """Checkpoint ``name`` of every running container (``create`` each; by default they stop, to be restored
+    after the host restarts)."""
+    _whole_host(args)
+    dk = Docker()
+    try:
+        running = [{"id": c.id, "name": c.name} for c in dk.client.containers.list()]
+    finally:
+        dk.close()
+    return _each(sorted(running, key=lambda c: c["name"]), create, args, ch)
+
+
+def restore_all(args: dict, ch) -> list[dict]:
+    """Restore every stopped container that has checkpoint ``name`` (``restore`` each)."""
+    _whole_host(args)
+    name = validate_checkpoint(args["name"])
+    dk = Docker()
+    try:
+        found = []
+        for c in dk.client.containers.list(all=True):
+            info = c.attrs
+            if not info["State"].get("Running") and (container_checkpoints(dk, info) / name / "inventory.img").exists():
+                found.append({"id": c.id, "name": c.name})
+    finally:
+        dk.close()
+    if not found:
+        raise PreflightError(f"no stopped container here has a checkpoint {name}")
+    return _each(sorted(found, key=lambda c: c["name"]), restore, args, ch)
+
+
 OPERATIONS = {
+    "checkpoint.create_all": create_all,
+    "checkpoint.restore_all": restore_all,
     "checkpoint.inspect": inspect,
     "checkpoint.diff": diff,
     "checkpoint.clone": clone,

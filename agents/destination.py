@@ -67,26 +67,16 @@ class DestinationMigration:
     # ---------------------------------------------------------------- before the freeze
     def create(self, args: dict, ch) -> dict:
         """Create (not start) the container with the source's configuration, before the freeze."""
-        config = dict(args["config"])
-        config["Image"] = args["image"]
-        config["HostConfig"] = _volumes_without_copy(dict(args["host_config"]), config.get("Volumes") or {})
         name = args["name"]
-        # judged again here: this is what is applied, whatever the preflight was shown
-        trust.require_trusted(config["HostConfig"], name, args.get("source"), bool(args.get("allow_privileged")))
-        networks = args.get("networks") or []
-        if len(networks) > 1 or (networks and networks[0] not in ("bridge", "host", "none")):
-            config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: {}}}
-        self.keep_ip = bool(args.get("keep_ip"))
-        if self.keep_ip:   # the same address and MAC (checked free by the preflight)
-            ep = args["endpoints"][0]
-            config["NetworkingConfig"] = {"EndpointsConfig": {ep["network"]: {
-                "IPAMConfig": {"IPv4Address": ep["ip"]}, "MacAddress": ep["mac"]}}}
-            config["MacAddress"] = ep["mac"]   # where Docker < 25 reads it
         dk = Docker()
         try:
-            runtime = config["HostConfig"].get("Runtime") or "runc"
-            if runtime in ("runc", FAST_RUNTIME):   # runc either way; restore faster where the wrapper is installed
-                config["HostConfig"]["Runtime"] = FAST_RUNTIME if dk.has_fast_runtime() else "runc"
+            config = container_config(dk, args)
+            self.keep_ip = bool(args.get("keep_ip"))
+            if self.keep_ip:   # the same address and MAC (checked free by the preflight)
+                ep = args["endpoints"][0]
+                config["NetworkingConfig"] = {"EndpointsConfig": {ep["network"]: {
+                    "IPAMConfig": {"IPv4Address": ep["ip"]}, "MacAddress": ep["mac"]}}}
+                config["MacAddress"] = ep["mac"]   # where Docker < 25 reads it
             self.criu_extra = _restore_options(args, config["HostConfig"]["Runtime"], name)
             cid = self._create_container(dk, name, config, args)
             # a lease: until the commit, silence from the CLI for io_timeout means it is gone (a cut link shows no
@@ -429,6 +419,23 @@ def _volumes_without_copy(hc: dict, image_volumes: dict) -> dict:
     if mounts:
         hc["Mounts"] = mounts
     return hc
+
+
+def container_config(dk: Docker, args: dict) -> dict:
+    """What to create the container from here: the source's configuration (``config``, ``host_config``) on
+    ``image``, its volumes made empty, judged for trust (again: this is what is applied, whatever the preflight was
+    shown), on its user-defined network, under cmigrate-runc where that is installed."""
+    config = dict(args["config"])
+    config["Image"] = args["image"]
+    config["HostConfig"] = _volumes_without_copy(dict(args["host_config"]), config.get("Volumes") or {})
+    trust.require_trusted(config["HostConfig"], args["name"], args.get("source"), bool(args.get("allow_privileged")))
+    networks = args.get("networks") or []
+    if len(networks) > 1 or (networks and networks[0] not in ("bridge", "host", "none")):
+        config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: {}}}
+    runtime = config["HostConfig"].get("Runtime") or "runc"
+    if runtime in ("runc", FAST_RUNTIME):   # runc either way; restore faster where the wrapper is installed
+        config["HostConfig"]["Runtime"] = FAST_RUNTIME if dk.has_fast_runtime() else "runc"
+    return config
 
 
 def _image_match(dk: Docker, image_id: str, name: str, layers: list[str]) -> str | None:

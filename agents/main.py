@@ -101,12 +101,13 @@ class Keepalive:
 
 
 def operations() -> dict[str, Op]:
-    from agents import checkpoint, destination, source
+    from agents import archive, checkpoint, destination, source
     return {
         "ping": lambda args, ch: {"pong": True},
         # peak resident memory of this agent so far, for reports and benchmarks
         "stats": lambda args, ch: {"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
         **checkpoint.OPERATIONS,
+        **archive.OPERATIONS,
         **source.OPERATIONS,
         **destination.OPERATIONS,
     }

@@ -82,7 +82,7 @@ class SourceMigration:
             _refuse_exec_sessions(dk, info, container)
             upper = rootfs.upper_dir(info)
             image = dk.client.images.get(info["Image"]).attrs
-            return _description(info, image) | {
+            return describe(info, image) | {
                 "volumes": _volumes(dk, info, container), "upper_bytes": dir_size(upper),
                 "criu": found.to_dict(), "docker_version": dk.info().get("ServerVersion"), "platform": dk.versions(),
                 "lazy_pipes_problem": criu.lazy_pipes_problem(),
@@ -367,7 +367,7 @@ def _refuse_shared(hc: dict, container: str) -> None:
                              "move those together (not supported yet)", container=container)
 
 
-def _description(info: dict, image: dict) -> dict:
+def describe(info: dict, image: dict) -> dict:
     return {
         "id": info["Id"], "name": info["Name"].lstrip("/"), "config": info["Config"], "host_config": info["HostConfig"],
         "networks": sorted((info.get("NetworkSettings") or {}).get("Networks") or {}),

@@ -5,8 +5,15 @@ Each function runs the work in a cmigrate-agent on ``host`` (``"local"`` or an S
 """
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from migrate.errors import PreflightError
 from migrate.hosts import agent
-from migrate.names import validate_checkpoint, validate_container
+from migrate.names import validate_checkpoint, validate_container, validate_image_ref
+from transport import archive
 
 
 def _dir(checkpoint_dir: str | None) -> str | None:
@@ -20,6 +27,24 @@ def create(container: str, name: str, *, host: str = "local", leave_running: boo
     with agent(host, ssh_config) as a:
         return a.call("checkpoint.create", container=container, name=name, leave_running=leave_running,
                       checkpoint_dir=_dir(checkpoint_dir))
+
+
+def create_all(name: str, *, host: str = "local", leave_running: bool = False,
+               ssh_config: str | None = None) -> list[dict]:
+    """Checkpoint ``name`` of every running container on ``host`` (a few at a time, each in its own directory,
+    each with its layer): by default they stop, to be started with ``start_all`` after the host restarts. One
+    outcome per container: container, ok, and its result or error; one that fails does not stop the others."""
+    name = validate_checkpoint(name)
+    with agent(host, ssh_config) as a:
+        return a.call("checkpoint.create_all", name=name, leave_running=leave_running)
+
+
+def start_all(checkpoint: str, *, host: str = "local", ssh_config: str | None = None) -> list[dict]:
+    """Start every stopped container on ``host`` that has checkpoint ``checkpoint`` from it (``create_all``'s
+    counterpart). One outcome per container, as ``create_all``'s."""
+    checkpoint = validate_checkpoint(checkpoint)
+    with agent(host, ssh_config) as a:
+        return a.call("checkpoint.restore_all", name=checkpoint)
 
 
 def ls(container: str, *, host: str = "local", checkpoint_dir: str | None = None,
@@ -59,6 +84,65 @@ def inspect(container: str, name: str, *, host: str = "local", checkpoint_dir: s
     container, name = validate_container(container), validate_checkpoint(name)
     with agent(host, ssh_config) as a:
         return a.call("checkpoint.inspect", container=container, name=name, checkpoint_dir=_dir(checkpoint_dir),
+                      search=search)
+
+
+def export(container: str, name: str, file: str | os.PathLike, *, host: str = "local", with_image: bool = False,
+           oci: str | None = None, checkpoint_dir: str | None = None, ssh_config: str | None = None,
+           on_bytes: Callable[[int], None] | None = None) -> dict:
+    """Write checkpoint ``name`` of ``container`` on ``host`` to ``file`` here, one zstd-compressed tar: CRIU's
+    images, the writable layer, the volumes' data, the configuration, with ``with_image`` the image, and a
+    manifest (sha256 of every file, the versions and CPU features of the host that wrote it). Owner-only (it
+    holds the container's memory); streamed (``on_bytes`` hears of each chunk); a failed export leaves no file.
+    With ``oci`` (an image reference), the same as an OCI image of that name instead, which ``docker load`` takes
+    (``org.criu.checkpoint.*`` annotations, one uncompressed layer); ``import_file`` takes either."""
+    container, name = validate_container(container), validate_checkpoint(name)
+    out = Path(file)
+    if out.exists() or out.is_symlink():
+        raise PreflightError(f"{out} already exists", hint="remove it, or name another file")
+    part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise PreflightError(f"cannot write {out}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f, agent(host, ssh_config) as a:
+            def sink(chunk: bytes) -> None:
+                f.write(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+            res = a.download("checkpoint.export", sink, container=container, name=name, with_image=with_image,
+                             oci=validate_image_ref(oci) if oci else None, checkpoint_dir=_dir(checkpoint_dir))
+        os.rename(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+    return res | {"file": str(out)}
+
+
+def import_file(file: str | os.PathLike, *, host: str = "local", name: str | None = None, start: bool = False,
+                allow_privileged: bool = False, ignore_cpu: bool = False, ssh_config: str | None = None,
+                on_bytes: Callable[[int], None] | None = None) -> dict:
+    """Make the container of checkpoint file ``file`` (from ``export``), stopped, on ``host`` (named ``name``,
+    else as it was), with its volumes' data and the checkpoint, which ``start`` then restores; with ``start``,
+    restore it at once. The host judges the file's manifest before it is sent (CRIU, CPU, image, name, disk),
+    and verifies every file in it before it makes anything."""
+    path = Path(file)
+    manifest = archive.read_manifest(path)
+    brief = {k: v for k, v in manifest.items() if k != "members"} | {
+        "bytes": sum(m.get("size", 0) for m in manifest["members"].values())}
+    options = {"name": validate_container(name) if name else None, "allow_privileged": allow_privileged,
+               "ignore_cpu": ignore_cpu}
+    with agent(host, ssh_config) as a:
+        a.call("checkpoint.import_check", manifest=brief, **options)
+        with open(path, "rb") as f:
+            return a.upload("checkpoint.import", f, on_bytes, start=start, **options)
+
+
+def inspect_file(file: str | os.PathLike, *, host: str = "local", search: str | None = None,
+                 ssh_config: str | None = None) -> dict:
+    """``inspect`` of a checkpoint file (from ``export``) on ``host``, verified first."""
+    with agent(host, ssh_config) as a:
+        return a.call("checkpoint.inspect_file", file=os.path.abspath(file) if host == "local" else str(file),
                       search=search)
 
 

@@ -88,7 +88,14 @@ def _emit(args: argparse.Namespace, value, human: str | None) -> None:
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from migrate import checkpoint
     where = {"host": args.host, "checkpoint_dir": args.checkpoint_dir, "ssh_config": args.ssh_config}
+    if args.action == "create" and args.all:
+        if args.name is not None or args.container is None:
+            raise UsageError("checkpoint create --all takes one name: the checkpoint's")
+        return _outcomes(args, checkpoint.create_all(args.container, leave_running=args.leave_running,
+                                                     host=args.host, ssh_config=args.ssh_config), "checkpointed")
     if args.action == "create":
+        if args.name is None:
+            raise UsageError("checkpoint create needs CONTAINER NAME (or --all NAME)")
         res = checkpoint.create(args.container, args.name, leave_running=args.leave_running, **where)
         _emit(args, res, res["name"])
     elif args.action == "ls":
@@ -101,18 +108,62 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         res = checkpoint.diff(args.container, args.name, args.other, **where)
         _emit(args, res, checkpoint.render_diff(res))
     elif args.action == "inspect":
-        res = checkpoint.inspect(args.container, args.name, search=args.search, **where)
+        if args.file and (args.container or args.name):
+            raise UsageError("checkpoint inspect takes CONTAINER NAME or --file FILE, not both")
+        if args.file:
+            res = checkpoint.inspect_file(args.file, host=args.host, search=args.search, ssh_config=args.ssh_config)
+        elif args.container and args.name:
+            res = checkpoint.inspect(args.container, args.name, search=args.search, **where)
+        else:
+            raise UsageError("checkpoint inspect needs CONTAINER NAME, or --file FILE")
         if args.format == "json":
             args.json = True
         _emit(args, res, checkpoint.render(res))
+    elif args.action == "export":
+        oci = (args.tag or f"checkpoint-{args.container.lower()}:{args.name}") if args.oci else None
+        if args.tag and not args.oci:
+            raise UsageError("--tag names the image of --oci: give both")
+        res = checkpoint.export(args.container, args.name, args.output, with_image=args.with_image, oci=oci, **where)
+        _emit(args, res, f"exported checkpoint {res['name']} of {res['container']} to {res['file']}"
+                         + (f" as OCI image {res['oci']} (docker load -i {res['file']})" if res["oci"] else "") + ": "
+                         f"{_human_bytes(res['bytes'])} ({res['files']} files, {_human_bytes(res['raw_bytes'])} "
+                         f"uncompressed{', with its image' if res['image_included'] else ''})")
+    elif args.action == "import":
+        res = checkpoint.import_file(args.file, host=args.host, ssh_config=args.ssh_config, name=args.name,
+                                     start=args.start, allow_privileged=args.allow_privileged,
+                                     ignore_cpu=args.ignore_cpu)
+        _emit(args, res, f"imported {res['container']} with checkpoint {res['checkpoint']}"
+                         + (", image loaded" if res["image_loaded"] else "")
+                         + (": running" if res["started"] else f": start it with cmigrate start --checkpoint "
+                            f"{res['checkpoint']} {res['container']}"))
     else:
         res = checkpoint.rm(args.container, args.name, **where)
         _emit(args, res, None)
     return 0
 
 
+def _outcomes(args: argparse.Namespace, outcomes: list[dict], done: str) -> int:
+    """One line per container of a whole-host command; non-zero if any failed."""
+    lines = [f"{o['container']}: {done}" if o["ok"] else f"{o['container']}: failed: {o['error']}" for o in outcomes]
+    failed = sum(not o["ok"] for o in outcomes)
+    if failed:
+        lines.append(f"{failed} of {len(outcomes)} failed")
+    _emit(args, outcomes, "\n".join(lines))
+    return 1 if failed else 0
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from migrate import checkpoint
+    if args.all:
+        if args.container is not None or args.name:
+            raise UsageError("start --checkpoint NAME --all takes no container (nor --name)")
+        if args.checkpoint_dir:
+            raise UsageError("--all keeps each checkpoint in its container's own directory: leave out "
+                             "--checkpoint-dir")
+        return _outcomes(args, checkpoint.start_all(args.checkpoint, host=args.host, ssh_config=args.ssh_config),
+                         "running")
+    if args.container is None:
+        raise UsageError("start needs a CONTAINER (or --all)")
     res = checkpoint.start(args.container, args.checkpoint, host=args.host, checkpoint_dir=args.checkpoint_dir,
                            ssh_config=args.ssh_config, name=args.name)
     _emit(args, res, res["container"] if args.name else args.container)
@@ -193,11 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("checkpoint", help="create, list, inspect and remove checkpoints of a container")
     csub = cp.add_subparsers(dest="action", metavar="ACTION", required=True)
     dir_help = "use a custom checkpoint storage directory (absolute path on the container's host)"
-    p = csub.add_parser("create", parents=[common], help="checkpoint a running container")
+    p = csub.add_parser("create", parents=[common], help="checkpoint a running container (or --all NAME: every "
+                        "one on the host)")
     p.add_argument("--leave-running", action="store_true", help="leave the container running after checkpoint")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
-    p.add_argument("container")
-    p.add_argument("name")
+    p.add_argument("--all", action="store_true", help="checkpoint every running container of the host, each in "
+                   "its own directory (to restart the host: start --checkpoint NAME --all after it)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("name", nargs="?", metavar="NAME")
     p.set_defaults(func=cmd_checkpoint)
     p = csub.add_parser("ls", parents=[common], help="list a container's checkpoints")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
@@ -208,9 +262,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
     p.add_argument("--search", metavar="TEXT", help="also say which process and address hold TEXT in memory")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    p.add_argument("--file", metavar="FILE", help="inspect a checkpoint file (from checkpoint export) instead")
+    p.add_argument("container", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_checkpoint)
+    p = csub.add_parser("export", parents=[common], help="write a checkpoint, with its container's layer, volumes "
+                        "and configuration, to one file")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write (here, not on HOST)")
+    p.add_argument("--with-image", action="store_true", help="put the container's image in the file too")
+    p.add_argument("--oci", action="store_true", help="write an OCI image of the checkpoint instead, which docker "
+                   "load takes (org.criu.checkpoint.* annotations; uncompressed)")
+    p.add_argument("--tag", metavar="NAME:TAG", help="the --oci image's name (default checkpoint-CONTAINER:NAME)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
     p.add_argument("container")
     p.add_argument("name")
-    p.set_defaults(func=cmd_checkpoint)
+    p.set_defaults(func=cmd_checkpoint, file=None)
+    p = csub.add_parser("import", parents=[common], help="make a checkpoint file's container, stopped, with its "
+                        "checkpoint, on HOST")
+    p.add_argument("--name", metavar="NEW", help="name the container NEW (default: as it was named)")
+    p.add_argument("--start", action="store_true", help="and restore it from the checkpoint at once")
+    p.add_argument("--allow-privileged", action="store_true",
+                   help="accept a container with privileges, host namespaces or devices")
+    p.add_argument("--ignore-cpu", action="store_true", help="import even if this CPU lacks features of the "
+                   "exporting host's")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_checkpoint, checkpoint_dir=None)
     p = csub.add_parser("diff", parents=[common], help="what changed from one checkpoint to another: processes, "
                         "memory, files of the writable layer")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
@@ -231,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default none)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each method per workload (default 5)")
     p.add_argument("--methods", default="cmigrate,postcopy,keepip,keepip-postcopy,naive,raw",
-                   help="methods to compare (default: all: %(default)s)")
+                   help="methods to compare (default: the migrations: %(default)s; clone,cold: a warm server "
+                        "started from a clone of its checkpoint against a cold start)")
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.set_defaults(func=cmd_bench)
@@ -249,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NEW", help="start a new container NEW from the checkpoint (a clone; "
                    "connections closed, published ports left out) and leave CONTAINER as it is")
     p.add_argument("--checkpoint-dir", metavar="DIR", help=dir_help)
-    p.add_argument("container")
+    p.add_argument("--all", action="store_true", help="start every stopped container of the host that has the "
+                   "checkpoint (after checkpoint create --all); one that fails does not stop the others")
+    p.add_argument("container", nargs="?")
     p.set_defaults(func=cmd_start)
     return parser
 

@@ -30,6 +30,18 @@ def validate_checkpoint(name: str) -> str:
     return name
 
 
+# Docker's reference grammar, simplified: lower-case path components with an optional registry and a tag
+IMAGE_REF = re.compile(r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+                       r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def validate_image_ref(ref: str) -> str:
+    """An image name with its tag (``repo/name:tag``), as an OCI image of a checkpoint is named."""
+    if not isinstance(ref, str) or len(ref) > 255 or not IMAGE_REF.fullmatch(ref):
+        raise UsageError(f"invalid image reference {ref!r}: give NAME:TAG, e.g. checkpoints/cr:c1 (lower case)")
+    return ref
+
+
 def validate_timeout(seconds: float | None) -> float | None:
     """An I/O timeout: a positive number of seconds (None: no limit, for the library's own use)."""
     if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0 and seconds < float("inf")):

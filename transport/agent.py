@@ -10,11 +10,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 from transport.errors import AgentError, MigrationError, TransportError, from_wire
 from transport.version import __version__
 from transport import framing
 from transport.hosts import Host, LocalHost, tail
+from transport.streams import CHUNK
 
 DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
@@ -104,8 +106,14 @@ class AgentSession:
                               detail=err)
 
     def _recv(self) -> dict:
+        kind, payload = self._read_frame()
+        if kind != framing.JSON:
+            raise framing.ProtocolError("expected a control message, got a data frame", host=self.host.name)
+        return framing.decode(payload)
+
+    def _read_frame(self) -> tuple[bytes, bytes]:
         try:
-            return framing.recv(self.proc.stdout)
+            return framing.read_frame(self.proc.stdout)
         except framing.ProtocolError as exc:
             exc.host = self.host.name
             raise
@@ -151,11 +159,19 @@ class AgentSession:
                 self._break(exc)
                 raise
 
-    def wait(self, progress: Progress | None = None):
-        """The answer to the call in flight."""
+    def wait(self, progress: Progress | None = None, data: Callable[[bytes], object] | None = None):
+        """The answer to the call in flight; ``data`` takes the data frames it sends before it (without it, one is
+        a protocol error)."""
         try:
             while True:
-                msg = self._recv()
+                kind, payload = self._read_frame()
+                if kind == framing.DATA:
+                    if data is None:
+                        raise framing.ProtocolError("expected a control message, got a data frame",
+                                                    host=self.host.name)
+                    data(payload)
+                    continue
+                msg = framing.decode(payload)
                 self._check_id(msg)
                 if msg["type"] == "progress":
                     if progress and msg.get("event") != "alive":   # keepalives only feed the timeout
@@ -172,6 +188,37 @@ class AgentSession:
             if self._pending is not None:   # the answer never came: whatever comes later is stale
                 self._break(exc)
             raise
+
+    def download(self, op: str, sink: Callable[[bytes], object], progress: Progress | None = None, **args):
+        """Run ``op``, which streams data frames before its answer: each goes to ``sink`` as it comes (a file's
+        ``write``), so memory stays flat whatever their size. Returns the answer."""
+        self.start(op, **args)
+        return self.wait(progress, data=sink)
+
+    def upload(self, op: str, source: IO[bytes], on_bytes: Callable[[int], None] | None = None, **args):
+        """Run ``op`` with the bytes of ``source`` streamed to it as data frames, then an ``end`` message
+        (``streams.FrameReader`` reads them there). An agent that fails part-way reads on to the end before it
+        answers, so this never blocks on a peer that stopped reading. Returns the answer."""
+        self.start(op, keepalive=False, **args)   # nothing is read from it until the stream has gone
+        try:
+            while chunk := source.read(CHUNK):
+                framing.write_frame(self.proc.stdin, framing.DATA, chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+            framing.send(self.proc.stdin, {"type": "end"})
+        except (OSError, ValueError, EOFError) as exc:
+            self._break(exc)
+            raise self._lost(exc) from exc
+        except BaseException as exc:
+            self._break(exc)
+            raise
+        limit = self.timeout()
+        if limit:   # it may now work a while with nothing to say (verify, docker load, restore)
+            self.set_timeout(max(limit, FINISH_TIMEOUT))
+        try:
+            return self.wait()
+        finally:
+            self.set_timeout(limit)
 
     def _check_id(self, msg: dict) -> None:
         if msg.get("id") != self._pending:

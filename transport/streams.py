@@ -146,30 +146,53 @@ def send_tree(sources: list[Source], out: IO[bytes], *, level: int = 3, threads:
     raw = 0
     with cctx.stream_writer(writer, closefd=False) as z:
         with tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for src in sources:
-                for root, dirs, files in os.walk(src.path):
-                    dirs.sort()
-                    rel_root = Path(root).relative_to(src.path)
-                    for name in sorted(dirs) + sorted(files):
-                        full = Path(root) / name
-                        arcname = str(PurePosixPath(src.prefix) / rel_root / name)
-                        info = tar.gettarinfo(str(full), arcname)
-                        if info.isreg():
-                            with open(full, "rb") as f:
-                                hf = _Hashing(f)
-                                tar.addfile(info, hf)
-                            if hf.n != info.size:
-                                raise TransportError(f"{full} changed size while being sent")
-                            manifest[arcname] = {"size": info.size, "sha256": hf.h.hexdigest()}
-                            raw += info.size
-                            if on_raw:
-                                on_raw(info.size)
-                        elif info.isdir() or info.issym():
-                            tar.addfile(info)
-                        else:
-                            raise TransportError(f"cannot send {full}: not a regular file, directory or symlink")
+            for full, arcname in walk(sources):
+                entry = add_member(tar, full, arcname)
+                if entry is not None:
+                    manifest[arcname] = entry
+                    raw += entry["size"]
+                    if on_raw:
+                        on_raw(entry["size"])
     writer.flush()
     return {"manifest": manifest, "raw_bytes": raw, "wire_bytes": writer.sent}
+
+
+def walk(sources: list[Source]):
+    """(path, archive name) of everything below each source, in a stable order: parents before children."""
+    for src in sources:
+        for root, dirs, files in os.walk(src.path):
+            dirs.sort()
+            rel_root = Path(root).relative_to(src.path)
+            for name in sorted(dirs) + sorted(files):
+                yield Path(root) / name, str(PurePosixPath(src.prefix) / rel_root / name)
+
+
+def add_member(tar: tarfile.TarFile, full: Path, arcname: str) -> dict | None:
+    """Put ``full`` in ``tar`` as ``arcname``; for a regular file, its size and sha256 as read."""
+    info = tar.gettarinfo(str(full), arcname)
+    if info.isreg():
+        with open(full, "rb") as f:
+            hf = _Hashing(f)
+            tar.addfile(info, hf)
+        if hf.n != info.size:
+            raise TransportError(f"{full} changed size while being sent")
+        return {"size": info.size, "sha256": hf.h.hexdigest()}
+    if info.isdir() or info.issym():
+        tar.addfile(info)
+        return None
+    raise TransportError(f"cannot send {full}: not a regular file, directory or symlink")
+
+
+def file_digest(file: Path | IO[bytes]) -> dict:
+    """A regular file's (a path, or an open file read to its end) size and sha256, read in chunks."""
+    if isinstance(file, Path):
+        with open(file, "rb") as f:
+            return file_digest(f)
+    h, n = hashlib.sha256(), 0
+    while chunk := file.read(CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return {"size": n, "sha256": h.hexdigest()}
 
 
 def _safe_target(targets: dict[str, Path], name: str) -> Path:
@@ -201,15 +224,21 @@ def receive_tree(reader: FrameReader, targets: dict[str, Path]) -> dict:
         except tarfile.ReadError as exc:
             raise TransportError(f"the stream is not a valid archive: {exc}") from exc
         with tar:
-            for member in tar:
-                dest = _safe_target(targets, member.name)
-                if dest in targets.values() and not member.isdir():
-                    raise TransportError(f"refusing archive member {member.name!r}: it would replace a target")
-                try:
-                    _extract(tar, member, dest, written)
-                except OSError as exc:
-                    raise TransportError(f"cannot extract archive member {member.name!r}: {exc}") from exc
+            extract_members(tar, tar, targets, written)
     return written
+
+
+def extract_members(tar: tarfile.TarFile, members, targets: dict[str, Path], written: dict[str, dict]) -> None:
+    """Extract ``members`` of ``tar`` into ``targets`` (archive prefix -> directory), safely (see above), adding
+    path -> (size, sha256) of each regular file to ``written``."""
+    for member in members:
+        dest = _safe_target(targets, member.name)
+        if dest in targets.values() and not member.isdir():
+            raise TransportError(f"refusing archive member {member.name!r}: it would replace a target")
+        try:
+            _extract(tar, member, dest, written)
+        except OSError as exc:
+            raise TransportError(f"cannot extract archive member {member.name!r}: {exc}") from exc
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, written: dict[str, dict]) -> None:

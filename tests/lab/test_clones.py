@@ -19,7 +19,7 @@ def test_clones_start_from_one_checkpoint_each_with_its_own_name_and_address(doc
     a.wait_logs(name, lambda lines: len(lines) >= 4)
     assert cmigrate("-H", "hostA", "checkpoint", "create", "--leave-running", name, "warm").status == 0
     at = int(a.logs(name)[-1])
-    clones = [f"{name}-c{i}" for i in (1, 2)]
+    clones = [f"{name}-c{i}" for i in (1, 2, 3)]
     for c in clones:
         a.made.append(c)
         res = cmigrate("-H", "hostA", "start", "--checkpoint", "warm", "--name", c, name)
@@ -27,7 +27,8 @@ def test_clones_start_from_one_checkpoint_each_with_its_own_name_and_address(doc
         assert res.out.strip() == c
     assert running(a, name), "the original stopped"
     addresses = {_address(a, n) for n in [name, *clones]}
-    assert len(addresses) == 3 and "" not in addresses, addresses
+    assert len(addresses) == 4 and "" not in addresses, addresses
+    assert all(running(a, c) for c in clones), "the clones do not run side by side"
     for c in clones:
         first = int(a.wait_logs(c, lambda lines: len(lines) >= 2)[0])
         assert at - 2 <= first <= at + 2, (at, first)   # from the checkpoint's instant, not from 0

@@ -34,3 +34,26 @@ def test_the_grammar_comes_from_argparse_alone():
     assert not {"--json", "-q", "--keep-source", "--allow-privileged", "--leave-running"} & takes_value
     argv = ["--mode", "post-copy", "-H", "x", "--json", "cr", "hostA", "hostB"]
     assert [w for _, w in cli._positionals(argv, takes_value)] == ["cr", "hostA", "hostB"]
+
+
+def test_whole_host_and_file_commands_say_what_they_take():
+    for argv, said in [
+        (["checkpoint", "create", "--all", "cr", "boot"], "checkpoint create --all takes one name"),
+        (["checkpoint", "create", "cr"], "checkpoint create needs CONTAINER NAME"),
+        (["start", "--checkpoint", "boot", "--all", "cr"], "start --checkpoint NAME --all takes no container"),
+        (["start", "--checkpoint", "boot"], "start needs a CONTAINER"),
+        (["checkpoint", "inspect", "cr"], "checkpoint inspect needs CONTAINER NAME, or --file FILE"),
+        (["checkpoint", "inspect", "--file", "/x", "cr", "c1"], "not both"),
+        (["checkpoint", "export", "cr", "c1"], "the following arguments are required: -o/--output"),
+    ]:
+        res = cli(*argv)
+        assert res.returncode == 2 and said in res.stderr.strip().splitlines()[-1], (argv, res.stderr)
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_before_any_host_is_asked(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    res = cli("-H", "nosuchhost.invalid", "checkpoint", "import", str(junk))
+    assert res.returncode == 1 and "not a cmigrate checkpoint file" in res.stderr, res.stderr
+    res = cli("checkpoint", "import", str(tmp_path / "missing.ckpt"))
+    assert res.returncode == 1 and "cannot read" in res.stderr, res.stderr
