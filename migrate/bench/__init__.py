@@ -18,6 +18,9 @@ move is the downtime as the workload saw it. Methods run alternately (A B C A B 
   an echo, the client's view of the move (every echo must come back, in order, on the same connection);
 - ``naive``: the seed's workflow: ``docker checkpoint create --checkpoint-dir`` on hostA, tar over ssh into the
   destination container's checkpoints folder on hostB, ``docker start --checkpoint`` there;
+- ``clone`` and ``cold`` (``--methods clone,cold``; the ``warm-5s`` workload only, a server that warms a 64 MiB
+  cache for 5 s before it serves): seconds from the command to the first HTTP answer, for a clone of its warm
+  checkpoint (``cmigrate start --checkpoint warm --name NAME``) and for ``docker run``;
 - ``raw``: the same checkpoint images through ``tar | zstd -T0 | ssh hostB cat``: the transfer floor (no
   downtime: the container keeps running).
 
@@ -45,7 +48,12 @@ from migrate.lab.echo import ECHO_SERVER, EchoClient
 DOCKER = "/usr/bin/docker"
 TICKER = "memhog 0 0 5 &"
 COUNTER = 'i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done'
-METHODS = ("cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw")
+MIGRATIONS = ("cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw")
+STARTS = ("clone", "cold")   # the warm-5s workload only: time to a serving container
+METHODS = MIGRATIONS + STARTS
+# a server that spends 5 s warming a 64 MiB cache before it serves
+WARM = "memhog 64 0 1000 & sleep 5; echo warmed > /state; exec httpd -f -p 8080 -h /var/www"
+WARM_WORKLOAD = "warm-5s"
 
 
 @dataclass
@@ -249,20 +257,80 @@ def trial_raw(name, cfg, repeat) -> Trial:
     return Trial(*cfg, "raw", repeat, None, None, total, int(res.stdout.split()[0]), None, None, None, True)
 
 
-TRIALS = {"cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "keepip": trial_keepip,
+def _serving_after(t0: float, name: str) -> float:
+    """Seconds from ``t0`` (CLOCK_MONOTONIC, one kernel for the lab's hosts) until the container answers HTTP,
+    polled every 20 ms from hostA; the poller starts once its address is known (the same for both methods)."""
+    ip = _docker("hostA", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name).stdout.decode().strip()
+    poll = ("import time, urllib.request\n"
+            "deadline = time.monotonic() + 60\n"
+            "while time.monotonic() < deadline:\n"
+            "    try:\n"
+            f"        urllib.request.urlopen('http://{ip}:8080/', timeout=0.5).read()\n"
+            "        print(time.monotonic()); break\n"
+            "    except OSError:\n"
+            "        time.sleep(0.02)\n")
+    out = _ssh("hostA", "python3", "-c", poll).stdout.decode().split()
+    if not out:
+        raise LabError(f"{name} never served")
+    return float(out[0]) - t0
+
+
+def trial_clone(name, cfg, repeat) -> Trial:
+    """A clone of a warm checkpoint (cmigrate start --checkpoint warm --name NAME), to serving."""
+    src = f"{name}-src"
+    _docker("hostA", "run", "-d", "--name", src, "--tmpfs", "/tmp", "busybox", "sh", "-c", WARM)
+    _wait_logs_state("hostA", src)
+    cli = str(Path(sys.prefix) / "bin" / "cmigrate")
+    subprocess.run([cli, "-H", "hostA", "checkpoint", "create", "--leave-running", src, "warm"], check=True,
+                   capture_output=True)
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run([cli, "-H", "hostA", "start", "--checkpoint", "warm", "--name", name, src],
+                             capture_output=True)
+        if res.returncode:
+            raise LabError(f"clone failed: {res.stderr.decode(errors='replace')[-200:]}")
+        ready = _serving_after(t0, name)
+    finally:
+        _docker("hostA", "rm", "-f", src, check=False)
+    warmed = _docker("hostA", "exec", name, "cat", "/state", check=False).stdout == b"warmed\n"
+    return Trial(*cfg, "clone", repeat, None, None, ready, 0, None, None, None, warmed,
+                 "" if warmed else "the clone was not warm")
+
+
+def trial_cold(name, cfg, repeat) -> Trial:
+    """docker run of the same server, to serving."""
+    t0 = time.monotonic()
+    _docker("hostA", "run", "-d", "--name", name, "--tmpfs", "/tmp", "busybox", "sh", "-c", WARM)
+    ready = _serving_after(t0, name)
+    return Trial(*cfg, "cold", repeat, None, None, ready, 0, None, None, None, True)
+
+
+def _wait_logs_state(host: str, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _docker(host, "exec", name, "cat", "/state", check=False).stdout != b"warmed\n":
+        if time.monotonic() > deadline:
+            raise LabError(f"{name} never warmed up")
+        time.sleep(0.2)
+
+
+TRIALS = {"clone": trial_clone, "cold": trial_cold, "cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "keepip": trial_keepip,
           "keepip-postcopy": trial_keepip_postcopy, "naive": trial_naive, "raw": trial_raw}
 
 
-def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=METHODS, counter: bool = True,
+def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=MIGRATIONS, counter: bool = True,
         say=print, procs: list[int] = ()) -> list[Trial]:
     lab.up()
     out.mkdir(parents=True, exist_ok=True)
     configs = ([("counter", 0, 0.0)] if counter else []) + [("memhog", s, d) for s in sizes for d in dirty] + \
         [(f"forest-{n}", 0, 0.0) for n in procs]
+    if any(m in STARTS for m in methods):
+        configs.append((WARM_WORKLOAD, 64, 0.0))
     trials: list[Trial] = []
     for cfg in configs:
         for repeat in range(repeats):
             for method in methods:
+                if (method in STARTS) != (cfg[0] == WARM_WORKLOAD):   # starts of the warm server, moves of the rest
+                    continue
                 name = f"bench-{uuid.uuid4().hex[:8]}"
                 try:
                     t = TRIALS[method](name, cfg, repeat)
@@ -270,6 +338,7 @@ def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=M
                     t = Trial(*cfg, method, repeat, None, None, 0.0, 0, None, None, None, False, str(exc)[-200:])
                 finally:
                     _cleanup(name)
+                    _cleanup(f"{name}-src")
                 trials.append(t)
                 say(f"{cfg[0]:>7} {cfg[1]:>5} MiB {cfg[2]:>5g} MB/s {method:>15} #{repeat}: "
                     f"downtime {_fmt(t.downtime_s)} total {t.total_s:.3f}s wire {t.wire_bytes / 2**20:.1f} MiB"
@@ -354,7 +423,19 @@ def summary(trials: list[Trial]) -> str:
         c, p, n, r = (med.get(m, (None, None)) for m in ("cmigrate", "postcopy", "naive", "raw"))
         ratios.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {div(c[0], n[0])} | {div(p[0], n[0])} | "
                       f"{div(p[0], c[0])} | {div(c[1], n[1])} | {div(c[1], r[1])} | {div(p[1], r[1])} |")
-    return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n" + _phase_table(trials, keys)
+    return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n" + _starts(trials) + \
+        _phase_table(trials, keys)
+
+
+def _starts(trials: list[Trial]) -> str:
+    """The warm server's time to serving: from a clone of its warm checkpoint, and from a cold start."""
+    ready = {m: _stats([t.total_s for t in trials if t.method == m and t.ok]) for m in STARTS}
+    if not any(ready.values()):
+        return ""
+    line = lambda m: f"{m} {ready[m][0]:.3f} s ({ready[m][1]:.3f}-{ready[m][2]:.3f})" if ready[m] else f"{m} -"  # noqa: E731
+    ratio = f", clone/cold {ready['clone'][0] / ready['cold'][0]:.2f}" if ready["clone"] and ready["cold"] else ""
+    return (f"\n{WARM_WORKLOAD} (a server that warms a 64 MiB cache for 5 s before it serves): seconds to the first "
+            f"HTTP answer, median (min-max): {line('clone')}, {line('cold')}{ratio}\n")
 
 
 def _phase_table(trials: list[Trial], keys) -> str:
@@ -397,7 +478,8 @@ def plot(trials: list[Trial], path: Path) -> None:
         ax.set_ylabel("seconds")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:   # none for a run of starts alone
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
