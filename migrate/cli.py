@@ -196,8 +196,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     procs = [int(x) for x in args.procs.split(",") if x]
     if any(not 1 <= n <= 4000 for n in procs):
         raise UsageError("--procs: process counts from 1 to 4000")
+    link = None
+    if args.link:
+        rate, _, delay = args.link.partition(",")
+        link = (rate, delay or None)
     trials = bench.run(sizes, dirty, args.repeats, Path(args.out), methods=methods, counter=not args.no_counter,
-                       say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), procs=procs)
+                       say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), procs=procs,
+                       link=link)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
         print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
@@ -310,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods to compare (default: the migrations: %(default)s; clone,cold: a warm server "
                         "started from a clone of its checkpoint against a cold start)")
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
+    p.add_argument("--link", metavar="RATE[,DELAY]", help="shape hostB's link for the run with tc (tbf), e.g. "
+                   "1gbit, or 100mbit,1ms (a delay needs the kernel's netem); removed after it")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.set_defaults(func=cmd_bench)
 

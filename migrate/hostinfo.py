@@ -1,12 +1,16 @@
 """What a host can do for checkpointing and migration, asked of CRIU and Docker themselves."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from migrate.errors import MigrationError, PreflightError
-from transport.hosts import Host
+from transport.hosts import Host, LocalHost
 
 CRIU_MIN = (4, 2)
 # CRIU 4.2's lazy page server (post-copy) sizes a pipe at its PIPE_MAX_SIZE, 819 pages, without checking it got it
@@ -57,8 +61,50 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in m.group(1).split(".")) if m else None
 
 
+CHECK_CACHE = Path("/run/cmigrate/criu-check.json")   # /run: root's, and gone at the next boot anyway
+
+
+def _check_key(criu: str) -> str | None:
+    """What a cached verdict of CRIU on this host holds for: the binary (path and identity), the kernel, the boot.
+    None where there is no such binary (nothing to cache)."""
+    path = shutil.which(criu)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return json.dumps([os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                       os.uname().release, os.uname().version, boot])
+
+
 def criu_info(host: Host, criu: str = "criu") -> CriuInfo:
-    """Ask CRIU on ``host`` for its version, its check and the kernel features that decide migration modes."""
+    """Ask CRIU on ``host`` for its version, its check and the kernel features that decide migration modes.
+    On this host as root (the agents), a passing verdict is kept in CHECK_CACHE for the same CRIU binary, kernel
+    and boot: the checks cost ~0.3 s at every migration and checkpoint, and their answer cannot change without
+    one of those changing."""
+    key = _check_key(criu) if isinstance(host, LocalHost) and os.geteuid() == 0 else None
+    if key is not None:
+        try:
+            cached = json.loads(CHECK_CACHE.read_text())
+            if cached.get("key") == key:
+                return CriuInfo(**cached["info"])
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    info = _ask_criu(host, criu)
+    if key is not None and info.check_ok:
+        try:
+            CHECK_CACHE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = CHECK_CACHE.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "info": asdict(info)}))
+            os.replace(tmp, CHECK_CACHE)
+        except OSError:   # no cache: the next one asks CRIU again
+            pass
+    return info
+
+
+def _ask_criu(host: Host, criu: str) -> CriuInfo:
     try:
         res = host.run([criu, "--version"], check=False, timeout=30)
     except MigrationError:

@@ -2,7 +2,9 @@
 
     cmigrate bench [--sizes 64,256,1024] [--dirty 0,10,100] [--procs 1,10,50,200] [--repeats 5] [--out DIR]
 
-Workloads: the seed's counter container, ``memhog`` holding N MiB and dirtying D MB/s, and with ``--procs``
+Workloads: the seed's counter container, ``memhog`` holding N MiB of random pages and dirtying D MB/s,
+``memhog-text`` the same with text-like pages (key=value records: zstd level 1 shrinks them 3.6x), and with
+``--procs``
 ``forest-N``: N processes under docker-init passing a token round a ring of pipes, each with a second thread, and
 N/10 zombies (migrate/lab/workloads/forest.c), for the dump and restore time against the process count (the
 summary's last table: each phase's time). Every workload also
@@ -54,6 +56,7 @@ METHODS = MIGRATIONS + STARTS
 # a server that spends 5 s warming a 64 MiB cache before it serves
 WARM = "memhog 64 0 1000 & sleep 5; echo warmed > /state; exec httpd -f -p 8080 -h /var/www"
 WARM_WORKLOAD = "warm-5s"
+AGENT_RSS_GOAL_MIB = 64   # each agent's peak, every workload: a trial over it is flagged in the summary
 
 
 @dataclass
@@ -101,7 +104,7 @@ def _run_args(workload: str, mib: int, dirty: float, echo: bool = False) -> list
     if workload.startswith("forest-"):
         return ["--init", "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c",
                 f"{TICKER} exec forest {int(workload.removeprefix('forest-'))}"]
-    hog = ["memhog", str(mib), f"{dirty:g}", "5"]
+    hog = ["memhog", str(mib), f"{dirty:g}", "5", "text" if workload == "memhog-text" else "random"]
     if echo:
         return [*net, "--tmpfs", "/tmp", "busybox", "/bin/sh", "-c", f"{shlex.join(hog)} & {ECHO_SERVER}"]
     return ["--tmpfs", "/tmp", "busybox", *hog]
@@ -318,10 +321,24 @@ TRIALS = {"clone": trial_clone, "cold": trial_cold, "cmigrate": trial_cmigrate, 
 
 
 def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=MIGRATIONS, counter: bool = True,
-        say=print, procs: list[int] = ()) -> list[Trial]:
+        say=print, procs: list[int] = (), link: tuple[str, str | None] | None = None) -> list[Trial]:
+    """The trials, alternating methods; ``link``: (rate, delay) for hostB's link for the run (``lab.shape_link``),
+    the raw floor measured on it too."""
     lab.up()
     out.mkdir(parents=True, exist_ok=True)
-    configs = ([("counter", 0, 0.0)] if counter else []) + [("memhog", s, d) for s in sizes for d in dirty] + \
+    if link:
+        lab.shape_link("hostB", *link)
+        say(f"hostB's link shaped: {link[0]}" + (f", {link[1]} each way" if link[1] else ""))
+    try:
+        return _run(sizes, dirty, repeats, out, methods, counter, say, procs)
+    finally:
+        if link:
+            lab.unshape_link("hostB")
+
+
+def _run(sizes, dirty, repeats, out, methods, counter, say, procs) -> list[Trial]:
+    configs = ([("counter", 0, 0.0)] if counter else []) + \
+        [(kind, s, d) for s in sizes for d in dirty for kind in ("memhog", "memhog-text")] + \
         [(f"forest-{n}", 0, 0.0) for n in procs]
     if any(m in STARTS for m in methods):
         configs.append((WARM_WORKLOAD, 64, 0.0))
@@ -415,9 +432,10 @@ def summary(trials: list[Trial]) -> str:
             dst = _stats([t.dst_agent_peak_rss_kib / 1024 for t in good if t.dst_agent_peak_rss_kib])
             cli = _stats([t.cli_peak_rss_kib / 1024 for t in good if t.cli_peak_rss_kib])
             med[method] = (d[0] if d else None, tot[0] if tot else None)
+            over = " **over 64**" if src and dst and max(src[2], dst[2]) > AGENT_RSS_GOAL_MIB else ""
             lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {method} | {len(good)}/{len(ts)} | {fmt(d)} | "
                          f"{fmt(tot)} | {fmt(window)} | {fmt(stall)} | {f'{wire[0]:.1f}' if wire else '-'} | "
-                         + (f"{src[2]:.0f}/{dst[2]:.0f} | " if src and dst else "- | ")
+                         + (f"{src[2]:.0f}/{dst[2]:.0f}{over} | " if src and dst else "- | ")
                          + (f"{cli[2]:.0f} |" if cli else "- |"))
         div = lambda a, b: f"{a / b:.2f}" if a is not None and b else "-"  # noqa: E731
         c, p, n, r = (med.get(m, (None, None)) for m in ("cmigrate", "postcopy", "naive", "raw"))

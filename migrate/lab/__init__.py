@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -542,6 +543,37 @@ def _start_dockerd(h: LabHost) -> None:
                              env=env)
     if res.returncode != 0:
         raise LabError(f"cannot start {h.name}'s dockerd", detail=_log_tail(h.state / "dockerd.log"))
+
+
+LINK_RATE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[kmg]?bit)")
+LINK_DELAY = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:us|ms|s)")
+
+
+def shape_link(name: str, rate: str, delay: str | None = None) -> None:
+    """Make a lab host's link like a real one: ``rate`` (tc's units: ``1gbit``, ``100mbit``) each way, and with
+    ``delay`` (``1ms``) that much added each way (tbf, or netem with a delay, on both ends of its veth).
+    ``unshape_link`` undoes it."""
+    if not LINK_RATE.fullmatch(rate) or (delay is not None and not LINK_DELAY.fullmatch(delay)):
+        raise LabError(f"invalid link shape {rate!r}{f', {delay!r}' if delay else ''}: give a rate like 1gbit or "
+                       "100mbit, and a delay like 1ms")
+    h = host(name)
+    # a delay needs netem, which some kernels lack (this build machine's: CONFIG_NET_SCH_NETEM unset); a rate
+    # alone is tbf's
+    qdisc = ["netem", "rate", rate, "limit", "100000", "delay", delay] if delay else \
+        ["tbf", "rate", rate, "burst", "1mb", "latency", "100ms"]
+    for argv in (["tc", "qdisc", "replace", "dev", h.veth, "root", *qdisc],                 # into the host
+                 [*h.nsenter, "tc", "qdisc", "replace", "dev", "eth0", "root", *qdisc]):    # out of it
+        res = _run(argv, check=False)
+        if res.status != 0:
+            unshape_link(name)
+            raise LabError(f"cannot shape {name}'s link ({' '.join(qdisc[:1])}): {res.err.strip()[-200:]}",
+                           hint="a delay needs the kernel's netem (CONFIG_NET_SCH_NETEM); give a rate alone")
+
+
+def unshape_link(name: str) -> None:
+    h = host(name)
+    _run(["tc", "qdisc", "del", "dev", h.veth, "root"], check=False)
+    _run([*h.nsenter, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
 
 
 def restart_dockerd(name: str, config: dict | None = None) -> None:

@@ -16,7 +16,7 @@ def test_smallest_benchmark_writes_csv_summary_and_plot(the_lab, tmp_path):
         "wire_bytes", "cli_peak_rss_kib", "src_agent_peak_rss_kib", "dst_agent_peak_rss_kib", "ok", "note",
         "postcopy_s", "phases", "client_stall_s"]
     assert {(r["workload"], r["method"]) for r in rows} == {
-        (w, m) for w in ("counter", "memhog") for m in bench.MIGRATIONS}
+        (w, m) for w in ("counter", "memhog", "memhog-text") for m in bench.MIGRATIONS}
     assert set(bench.METHODS) >= {"cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw"}
     assert all(t.ok for t in trials), [t.note for t in trials if not t.ok]
     assert all(float(r["downtime_s"]) > 0 for r in rows if r["method"] != "raw")
