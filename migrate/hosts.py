@@ -19,7 +19,7 @@ def ssh_config_for(name: str, ssh_config: str | None = None) -> str | None:
         return os.environ["CMIGRATE_SSH_CONFIG"]
     from migrate import lab
     user = Path(os.path.expanduser("~/.ssh/config"))
-    if name in {h.name for h in lab.HOSTS} and lab.SSH_CONFIG.exists():
+    if name in {h.name for h in lab.ALL_HOSTS} and lab.SSH_CONFIG.exists():
         if not user.exists() or not re.search(rf"(?im)^\s*host\s+.*\b{re.escape(name)}\b", user.read_text()):
             return str(lab.SSH_CONFIG)
     return None

@@ -1,4 +1,5 @@
-"""The local two-host lab: ``hostA`` and ``hostB`` as network namespaces on one machine.
+"""The local lab: ``hostA`` and ``hostB`` (and with ``lab up --hosts 3``, ``hostC``) as network namespaces on one
+machine.
 
 Each host has its own address on the bridge ``cmlab0`` (198.18.0.0/24, a range reserved for tests), its own sshd
 (key-only, lab-generated keys, host keys recorded in the lab's known_hosts) and its own dockerd (experimental, own
@@ -94,27 +95,40 @@ class LabHost:
         return ["nsenter", f"--net=/run/netns/{self.netns}"]
 
 
-HOSTS = (
+ALL_HOSTS = (
     LabHost("hostA", "198.18.0.11", "198.19.1.1/24", "198.19.16.0/20"),
     LabHost("hostB", "198.18.0.12", "198.19.2.1/24", "198.19.32.0/20"),
+    LabHost("hostC", "198.18.0.13", "198.19.3.1/24", "198.19.48.0/20"),
 )
+DEFAULT_HOSTS = 2   # hostA and hostB; lab up --hosts 3 adds hostC (fleet moves: evacuate, balance)
 # A client on the bridge, for tests and demos: a network namespace of its own, like a machine on the segment
 CLIENT_NETNS, CLIENT_VETH, CLIENT_ADDR = "cmlab-client", "cmlab-client", "198.18.0.20"
 # A Docker network both hosts share at layer 2: macvlan on each host's link to the bridge, one subnet, and a range
 # of its own on each host for the addresses Docker picks, so that the two never pick the same one
 SHARED_NETWORK = "cmshared"
-SHARED_RANGES = {"hostA": "198.18.0.64/27", "hostB": "198.18.0.96/27"}
+SHARED_RANGES = {"hostA": "198.18.0.64/27", "hostB": "198.18.0.96/27", "hostC": "198.18.0.128/27"}
 SSH_CONFIG = LAB_ROOT / "ssh_config"
 CLIENT_KEY = LAB_ROOT / "id_ed25519"
 KNOWN_HOSTS = LAB_ROOT / "known_hosts"
 AUTHORIZED_KEYS = LAB_ROOT / "authorized_keys"
+HOST_COUNT = LAB_ROOT / "hosts"   # how many hosts the running lab has (lab up --hosts N)
+
+
+def hosts() -> tuple[LabHost, ...]:
+    """The hosts of the lab as it was brought up (the first two when it is down)."""
+    try:
+        n = int(HOST_COUNT.read_text())
+    except (OSError, ValueError):
+        n = DEFAULT_HOSTS
+    return ALL_HOSTS[:max(DEFAULT_HOSTS, min(n, len(ALL_HOSTS)))]
 
 
 def host(name: str) -> LabHost:
-    for h in HOSTS:
+    for h in hosts():
         if h.name == name:
             return h
-    raise LabError(f"no lab host named {name!r} (the lab has {', '.join(h.name for h in HOSTS)})")
+    raise LabError(f"no lab host named {name!r} (the lab has {', '.join(h.name for h in hosts())})",
+                   hint="cmigrate lab up --hosts 3 adds hostC" if name == "hostC" else None)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -194,7 +208,7 @@ def _lab_pids() -> list[int]:
     marks = (str(LAB_ROOT).encode(), str(RUN_ROOT).encode())
     mine = _ancestors()
     lab_ns = set()
-    for h in HOSTS:
+    for h in ALL_HOSTS:
         try:
             lab_ns.add(os.stat(f"/run/netns/{h.netns}").st_ino)
         except OSError:
@@ -217,7 +231,7 @@ def _lab_pids() -> list[int]:
 
 
 def _lab_mounts() -> list[str]:
-    marks = (str(LAB_ROOT), str(RUN_ROOT)) + tuple(f"/run/netns/{h.netns}" for h in HOSTS)
+    marks = (str(LAB_ROOT), str(RUN_ROOT)) + tuple(f"/run/netns/{h.netns}" for h in ALL_HOSTS)
     mounts = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -380,9 +394,13 @@ def host_status(h: LabHost) -> HostStatus:
     return HostStatus(h.name, h.address, netns, sshd, dockerd, dockerd is not None and _has_test_image(h))
 
 
-def is_up() -> bool:
+def is_up(n: int | None = None) -> bool:
+    """Is the lab up, with at least ``n`` hosts (None: as many as it was brought up with)?"""
+    running = hosts()
+    if n is not None and len(running) < n:
+        return False
     return _link_exists(BRIDGE) and _netns_exists(CLIENT_NETNS) and SSH_CONFIG.exists() and \
-        all(host_status(h).healthy for h in HOSTS)
+        all(host_status(h).healthy for h in running)
 
 
 # ---------------------------------------------------------------------- up
@@ -423,7 +441,7 @@ Subsystem sftp internal-sftp
 """
 
 
-def _ssh_config() -> str:
+def _ssh_config(lab_hosts: tuple[LabHost, ...]) -> str:
     blocks = [f"""Host {h.name}
     HostName {h.address}
     User root
@@ -433,16 +451,16 @@ def _ssh_config() -> str:
     UserKnownHostsFile {KNOWN_HOSTS}
     StrictHostKeyChecking yes
     BatchMode yes
-""" for h in HOSTS]
+""" for h in lab_hosts]
     return "# cmigrate lab: ssh -F " + str(SSH_CONFIG) + " hostA\n" + "\n".join(blocks)
 
 
-def _start_network(say: Say) -> None:
+def _start_network(say: Say, lab_hosts: tuple[LabHost, ...]) -> None:
     say(f"network: bridge {BRIDGE} {BRIDGE_ADDR}/{PREFIX}")
     _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
     _run(["ip", "addr", "add", f"{BRIDGE_ADDR}/{PREFIX}", "dev", BRIDGE])
     _run(["ip", "link", "set", BRIDGE, "up"])
-    for h in HOSTS:
+    for h in lab_hosts:
         say(f"{h.name}: network namespace {h.netns}, address {h.address}")
         _run(["ip", "netns", "add", h.netns])
         _run(["ip", "link", "add", h.veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns])
@@ -626,42 +644,47 @@ def _allow_lazy_page_pipes(say: Say) -> None:
         say(f"cannot raise fs.pipe-max-size ({exc}): post-copy may be refused")
 
 
-def up(say: Say = lambda s: None) -> None:
-    """Bring the lab up; a no-op when it already runs, a clean restart after a crash."""
+def up(say: Say = lambda s: None, n_hosts: int | None = None) -> None:
+    """Bring the lab up with ``n_hosts`` hosts (2 or 3; None: as many as it last had, else 2); a no-op when it
+    already runs with at least that many, a clean restart after a crash (or to add hostC)."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, dockerd)", hint="run as root")
+    if n_hosts is not None and not DEFAULT_HOSTS <= n_hosts <= len(ALL_HOSTS):
+        raise LabError(f"the lab has {DEFAULT_HOSTS} to {len(ALL_HOSTS)} hosts, not {n_hosts}")
     for binary in ("ip", "nsenter", "ssh-keygen", DOCKERD, SSHD, "criu", "busybox", "cc"):
         if _run(["sh", "-c", 'command -v "$1"', "sh", binary], check=False).status != 0:
             raise LabError(f"{binary} is not installed", hint="run ./install.sh first")
-    if is_up():
-        say("lab is already up")
+    if is_up(n_hosts):
+        say("lab is already up" + (f" with {len(hosts())} hosts" if len(hosts()) != DEFAULT_HOSTS else ""))
         return
-    if _link_exists(BRIDGE) or any(_netns_exists(n) for n in [h.netns for h in HOSTS] + [CLIENT_NETNS]) or \
+    lab_hosts = ALL_HOSTS[:max(n_hosts or len(hosts()), DEFAULT_HOSTS)]   # read before down() forgets it
+    if _link_exists(BRIDGE) or any(_netns_exists(n) for n in [h.netns for h in ALL_HOSTS] + [CLIENT_NETNS]) or \
             LAB_ROOT.exists() or RUN_ROOT.exists():
         say("cleaning up what a previous lab left behind")
         down(say)
     LAB_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
     RUN_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(HOST_COUNT, f"{len(lab_hosts)}\n")
     try:
         client_pub = _keygen(CLIENT_KEY, "cmigrate-lab-client")
         _write(AUTHORIZED_KEYS, client_pub + "\n", 0o600)
         known = []
-        for h in HOSTS:
+        for h in lab_hosts:
             h.state.mkdir(mode=0o700, parents=True, exist_ok=True)
             h.exec_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             pub = _keygen(h.state / "ssh_host_ed25519_key", f"cmigrate-lab-{h.name}")
             key_type, key_b64 = pub.split()[:2]
             known.append(f"{h.name},{h.address} {key_type} {key_b64}")
         _write(KNOWN_HOSTS, "\n".join(known) + "\n", 0o644)
-        _write(SSH_CONFIG, _ssh_config(), 0o644)
+        _write(SSH_CONFIG, _ssh_config(lab_hosts), 0o644)
         _allow_lazy_page_pipes(say)
-        _start_network(say)
-        for h in HOSTS:
+        _start_network(say, lab_hosts)
+        for h in lab_hosts:
             say(f"{h.name}: starting sshd and dockerd")
             _start_sshd(h)
             _start_dockerd(h)
         rootfs = busybox_rootfs_tar()
-        for h in HOSTS:
+        for h in lab_hosts:
             _wait(lambda: _ssh_banner(h.address), READY_TIMEOUT, f"{h.name}'s sshd at {h.address}:22")
             try:
                 _wait(lambda: _docker_version(h) is not None, READY_TIMEOUT, f"{h.name}'s dockerd")
@@ -679,7 +702,7 @@ def up(say: Say = lambda s: None) -> None:
         except MigrationError:
             pass
         raise
-    say(f"lab is up: ssh -F {SSH_CONFIG} hostA")
+    say(f"lab is up ({', '.join(h.name for h in lab_hosts)}): ssh -F {SSH_CONFIG} hostA")
 
 
 # ---------------------------------------------------------------------- down
@@ -696,7 +719,7 @@ def down(say: Say = lambda s: None) -> None:
     """Remove everything the lab created. Safe to run twice, and after a crash."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, dockerd)", hint="run as root")
-    for h in HOSTS:
+    for h in ALL_HOSTS:
         pid = _read_pid(h.dockerd_pidfile)
         if pid and _pid_alive(pid):
             say(f"{h.name}: stopping dockerd (pid {pid})")
@@ -716,7 +739,7 @@ def down(say: Say = lambda s: None) -> None:
     for target in sorted(_lab_mounts(), key=lambda m: m.count("/"), reverse=True):
         if _run(["umount", target], check=False).status != 0:
             _run(["umount", "-l", target], check=False)
-    for h in HOSTS:
+    for h in ALL_HOSTS:
         if _netns_exists(h.netns):
             say(f"{h.name}: removing network namespace {h.netns}")
             _run(["ip", "netns", "del", h.netns], check=False)
@@ -747,8 +770,8 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
 def leftovers() -> list[str]:
     """What of the lab is still on this machine (empty after a clean ``down``)."""
     left = []
-    left += [f"network namespace {n}" for n in [h.netns for h in HOSTS] + [CLIENT_NETNS] if _netns_exists(n)]
-    left += [f"link {name}" for name in [BRIDGE, CLIENT_VETH] + [h.veth for h in HOSTS] if _link_exists(name)]
+    left += [f"network namespace {n}" for n in [h.netns for h in ALL_HOSTS] + [CLIENT_NETNS] if _netns_exists(n)]
+    left += [f"link {name}" for name in [BRIDGE, CLIENT_VETH] + [h.veth for h in ALL_HOSTS] if _link_exists(name)]
     left += [f"process {pid}" for pid in _lab_pids() if _pid_alive(pid)]
     left += [f"mount {m}" for m in _lab_mounts()]
     left += [f"directory {d}" for d in (LAB_ROOT, RUN_ROOT) if d.exists()]

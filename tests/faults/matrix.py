@@ -139,7 +139,7 @@ def _exists(d: RemoteDocker, name: str) -> bool:
 
 def _host_leftovers() -> list[str]:
     left = []
-    for h in lab.HOSTS:
+    for h in lab.hosts():
         work = h.data_root / "cmigrate-migrations"
         if work.exists() and any(work.iterdir()):
             left.append(f"{h.name}: {', '.join(sorted(p.name for p in work.iterdir()))} in {work}")

@@ -16,7 +16,7 @@ from migrate import lab
 from migrate.errors import MigrationError, PreflightError
 from tests.lab.conftest import COUNTER, RemoteDocker, cmigrate, consecutive
 
-WORK_ROOTS = [h.data_root / "cmigrate-migrations" for h in lab.HOSTS]
+WORK_ROOTS = [h.data_root / "cmigrate-migrations" for h in lab.ALL_HOSTS]
 
 
 @pytest.fixture

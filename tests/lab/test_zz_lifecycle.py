@@ -19,10 +19,10 @@ def _alive(pid):
 
 
 def test_lab_up_twice_is_harmless(the_lab, capsys):
-    before = {h.name: lab._read_pid(h.dockerd_pidfile) for h in lab.HOSTS}
+    before = {h.name: lab._read_pid(h.dockerd_pidfile) for h in lab.hosts()}
     assert main(["lab", "up"]) == 0
     assert "already up" in capsys.readouterr().err
-    assert {h.name: lab._read_pid(h.dockerd_pidfile) for h in lab.HOSTS} == before
+    assert {h.name: lab._read_pid(h.dockerd_pidfile) for h in lab.hosts()} == before
 
 
 def test_lab_up_recovers_after_a_crash(the_lab):
