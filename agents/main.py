@@ -101,7 +101,7 @@ class Keepalive:
 
 
 def operations() -> dict[str, Op]:
-    from agents import archive, checkpoint, destination, source
+    from agents import archive, checkpoint, destination, fleet, source
     return {
         "ping": lambda args, ch: {"pong": True},
         # peak resident memory of this agent so far, for reports and benchmarks
@@ -110,6 +110,7 @@ def operations() -> dict[str, Op]:
         **archive.OPERATIONS,
         **source.OPERATIONS,
         **destination.OPERATIONS,
+        **fleet.OPERATIONS,
     }
 
 

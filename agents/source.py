@@ -374,7 +374,7 @@ def describe(info: dict, image: dict) -> dict:
         "image_id": info["Image"], "image_name": info["Config"]["Image"],
         "image_layers": (image.get("RootFS") or {}).get("Layers") or [], "image_bytes": image.get("Size", 0),
         "binds": [m["Source"] for m in info.get("Mounts", []) if m["Type"] == "bind"],
-        "memory_bytes": _memory_bytes(info["Id"]),
+        "memory_bytes": memory_bytes(info["Id"]),
     }
 
 
@@ -413,7 +413,7 @@ def _volumes(dk: Docker, info: dict, container: str) -> list[dict]:
     return volumes
 
 
-def _memory_bytes(cid: str) -> int:
+def memory_bytes(cid: str) -> int:
     for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes",
                  f"/sys/fs/cgroup/docker/{cid}/memory.current"):
         try:

@@ -23,8 +23,10 @@ def _say(quiet: bool):
 def cmd_lab(args: argparse.Namespace) -> int:
     from migrate import lab
     if args.action == "up":
-        lab.up(_say(args.quiet))
+        lab.up(_say(args.quiet), args.hosts)
         return 0
+    if args.hosts is not None:
+        raise UsageError("--hosts goes with lab up")
     if args.action == "down":
         lab.down(_say(args.quiet))
         return 0
@@ -36,7 +38,7 @@ def lab_status(as_json: bool) -> int:
     from migrate.hostinfo import criu_info, platform_line
     from transport.ssh import SSHHost
     rows = []
-    for h in lab.HOSTS:
+    for h in lab.hosts():
         st = lab.host_status(h)
         row = {"host": h.name, "address": h.address, "netns": st.netns, "sshd": st.sshd,
                "dockerd": st.dockerd, "platform": lab.platform_versions(h), "test_image": st.test_image,
@@ -196,6 +198,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     procs = [int(x) for x in args.procs.split(",") if x]
     if any(not 1 <= n <= 4000 for n in procs):
         raise UsageError("--procs: process counts from 1 to 4000")
+    if args.fleet:
+        from migrate.bench import fleet as fleet_bench
+        say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+        trials = fleet_bench.run(args.repeats, Path(args.out), counters=args.fleet_counters, say=say)
+        if not args.quiet:
+            print((Path(args.out) / "fleet.md").read_text())
+        return 0 if all(t.moved == t.went_on == t.containers for t in trials) else 1
     link = None
     if args.link:
         rate, _, delay = args.link.partition(",")
@@ -207,6 +216,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print((Path(args.out) / "summary.md").read_text())
         print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
     return 0 if all(t.ok for t in trials) else 1
+
+
+def _fleet_progress(args: argparse.Namespace):
+    """One line per finished move (and a lost target) on stderr, as they happen: moves run side by side."""
+    if args.quiet or args.json:
+        return None
+
+    def show(event: dict) -> None:
+        kind = event.get("event")
+        if kind == "move-done":
+            what = event["result"] + (f", downtime {event['downtime']:.3f} s" if event.get("downtime") is not None
+                                      else "") + (f": {event['error']}" if event.get("error") else "")
+            print(f"cmigrate: {event['container']}: {event['source']} -> {event['destination']}: {what}",
+                  file=sys.stderr, flush=True)
+        elif kind == "target-lost":
+            print(f"cmigrate: {event['host']} lost ({event['error']}): nothing more goes there", file=sys.stderr,
+                  flush=True)
+        elif kind == "fleet-interrupted":
+            print(f"cmigrate: {event['message']}", file=sys.stderr, flush=True)
+    return show
+
+
+def _fleet_options(args: argparse.Namespace) -> dict:
+    return dict(parallel=args.parallel, dry_run=args.dry_run, progress=_fleet_progress(args),
+                ssh_config=args.ssh_config, io_timeout=args.io_timeout, mode=args.mode, data_path=args.data_path,
+                allow_privileged=args.allow_privileged, tcp_close=args.tcp_close, ignore_cpu=args.ignore_cpu)
+
+
+def _fleet_result(args: argparse.Namespace, report) -> int:
+    if args.json:
+        print(report.to_json())
+    elif not args.quiet:
+        print(report.human())
+    elif not report.ok:
+        print(report.summary(), file=sys.stderr)
+    return 130 if report.interrupted else 0 if report.ok else 1
+
+
+def cmd_evacuate(args: argparse.Namespace) -> int:
+    from migrate.fleet import evacuate
+    targets = [t for t in args.to.split(",") if t]
+    return _fleet_result(args, evacuate(args.host_name, targets, filters=args.filter,
+                                        containers=args.containers or None, **_fleet_options(args)))
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from migrate.fleet import balance
+    return _fleet_result(args, balance(args.hosts, by=args.by, spread=args.spread, max_use=args.max_use,
+                                       filters=args.filter, **_fleet_options(args)))
 
 
 def _seconds(text: str) -> float:
@@ -242,8 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmigrate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("lab", parents=[common], help="the local two-host lab (hostA, hostB) for demos and tests")
+    p = sub.add_parser("lab", parents=[common], help="the local lab (hostA, hostB; with --hosts 3 hostC) for demos "
+                       "and tests")
     p.add_argument("action", choices=("up", "status", "down"))
+    p.add_argument("--hosts", type=int, choices=(2, 3), metavar="N",
+                   help="lab up: bring it up with N hosts, 2 (default) or 3 (adds hostC, for evacuate and balance)")
     p.set_defaults(func=cmd_lab)
 
     cp = sub.add_parser("checkpoint", help="create, list, inspect and remove checkpoints of a container")
@@ -317,8 +378,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
     p.add_argument("--link", metavar="RATE[,DELAY]", help="shape hostB's link for the run with tc (tbf), e.g. "
                    "1gbit, or 100mbit,1ms (a delay needs the kernel's netem); removed after it")
+    p.add_argument("--fleet", action="store_true", help="the fleet benchmark instead: evacuate counters and 4 x 256 "
+                   "MiB memhogs from hostA to hostB,hostC, --parallel 1 against the default (three-host lab)")
+    p.add_argument("--fleet-counters", type=int, default=20, metavar="N", help="--fleet: counters (default 20)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.set_defaults(func=cmd_bench)
+
+    from migrate.fleet import DEFAULT_PARALLEL
+    fleet = argparse.ArgumentParser(add_help=False)
+    fleet.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                       help=f"at most N moves at a time (default {DEFAULT_PARALLEL})")
+    fleet.add_argument("--filter", action="append", default=[], metavar="FILTER",
+                       help="only containers with label=KEY, label=KEY=VALUE or name=PATTERN (repeatable: all must "
+                            "match)")
+    fleet.add_argument("--dry-run", action="store_true", help="show the plan; move nothing")
+    fleet.add_argument("--mode", default="auto", choices=("auto", "stop-copy", "pre-copy", "post-copy"),
+                       help="each move's mode (as cmigrate migrate --mode; default auto)")
+    fleet.add_argument("--data-path", default="auto", choices=("auto", "direct", "relay"),
+                       help="each move's data path (as cmigrate migrate --data-path)")
+    fleet.add_argument("--io-timeout", type=_seconds, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
+                       help="count a host silent this long as lost (default 120)")
+    fleet.add_argument("--allow-privileged", action="store_true", help="as cmigrate migrate --allow-privileged")
+    fleet.add_argument("--tcp-close", action="store_true", help="as cmigrate migrate --tcp-close")
+    fleet.add_argument("--ignore-cpu", action="store_true", help="as cmigrate migrate --ignore-cpu")
+    p = sub.add_parser("evacuate", parents=[common, fleet],
+                       help="move every running container off HOST to other hosts, a few at a time")
+    p.add_argument("host_name", metavar="HOST", help="the host to empty")
+    p.add_argument("containers", nargs="*", metavar="CONTAINER", help="only these (default: every running one)")
+    p.add_argument("--to", required=True, metavar="HOST2[,HOST3...]", help="the hosts they may go to")
+    p.set_defaults(func=cmd_evacuate)
+    p = sub.add_parser("balance", parents=[common, fleet],
+                       help="move the fewest containers that even out the hosts' memory use (or container count)")
+    p.add_argument("hosts", nargs="+", metavar="HOST")
+    p.add_argument("--by", default="memory", choices=("memory", "count"),
+                   help="a host's load: its containers' memory (default) or their number")
+    p.add_argument("--spread", type=float, default=10.0, metavar="PCT",
+                   help="balanced when the most and least loaded hosts differ by at most PCT %% of the mean load "
+                        "(default 10)")
+    p.add_argument("--max-use", type=float, metavar="PCT",
+                   help="and no host's containers use more than PCT %% of its memory")
+    p.set_defaults(func=cmd_balance)
 
     p = sub.add_parser("recover", parents=[common],
                        help="finish or roll back migrations from HOST whose cmigrate was interrupted")

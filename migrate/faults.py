@@ -9,8 +9,9 @@ checkpoint's first bytes are on their way: the middle of the transfer), ``frozen
 
 ACTION is ``kill-cli`` (this process SIGKILLs itself, as an operator's ``kill -9``), ``int-cli`` (it gets SIGINT,
 as Ctrl-C), or ``hook``: the command in ``CMIGRATE_FAULT_HOOK`` (split like a shell would, never run by one) runs
-and is waited for, with ``CMIGRATE_FAULT_POINT``, ``CMIGRATE_MIGRATION_ID``, ``CMIGRATE_SRC_AGENT_PID`` and
-``CMIGRATE_DST_AGENT_PID`` in its environment: it can kill an agent, cut a link, stop a daemon, fill a disk.
+and is waited for, with ``CMIGRATE_FAULT_POINT``, ``CMIGRATE_MIGRATION_ID``, ``CMIGRATE_CONTAINER``,
+``CMIGRATE_SOURCE``, ``CMIGRATE_DESTINATION``, ``CMIGRATE_SRC_AGENT_PID`` and ``CMIGRATE_DST_AGENT_PID`` in its
+environment: it can kill an agent, cut a link, stop a daemon, fill a disk.
 Each injection fires once per migration.
 """
 from __future__ import annotations

@@ -311,7 +311,8 @@ class _Migration:
         for f in opening:
             if f.exception():
                 raise f.exception()
-        self.fault.context = {"CMIGRATE_MIGRATION_ID": self.id,
+        self.fault.context = {"CMIGRATE_MIGRATION_ID": self.id, "CMIGRATE_CONTAINER": self.container,
+                              "CMIGRATE_SOURCE": self.src_name, "CMIGRATE_DESTINATION": self.dst_name,
                               "CMIGRATE_SRC_AGENT_PID": str(self.src.remote.get("pid", "")),
                               "CMIGRATE_DST_AGENT_PID": str(self.dst.remote.get("pid", ""))}
 

@@ -26,10 +26,26 @@ def test_commands_still_parse_as_commands():
     assert res.returncode == 2 and "invalid choice: 'bogus'" in res.stderr
 
 
+def test_fleet_commands_refuse_bad_input_in_one_line_before_touching_a_host():
+    for argv, said in [
+        (["evacuate", "hostA"], "required: --to"),
+        (["evacuate", "hostA", "--to", "hostB,hostA"], "cannot be a target too"),
+        (["evacuate", "hostA", "--to", "hostB", "--parallel", "0"], "--parallel 0: choose 1..16"),
+        (["evacuate", "hostA", "--to", "hostB", "--filter", "tier=web"], "filter 'tier=web'"),
+        (["balance", "hostA"], "at least two hosts"),
+        (["balance", "hostA", "hostB", "--spread", "-1"], "--spread -1"),
+        (["balance", "hostA", "hostB", "--max-use", "150"], "--max-use 150"),
+        (["lab", "status", "--hosts", "3"], "--hosts goes with lab up"),
+    ]:
+        res = cli(*argv)
+        assert res.returncode == 2 and said in res.stderr, (argv, res.stderr)
+        assert len([ln for ln in res.stderr.splitlines() if "error" in ln]) == 1, res.stderr
+
+
 def test_the_grammar_comes_from_argparse_alone():
     from migrate import cli
     takes_value, commands = cli._grammar(cli.build_parser(), cli.build_migrate_parser())
-    assert set(commands) == {"lab", "checkpoint", "start", "bench", "recover"}
+    assert set(commands) == {"lab", "checkpoint", "start", "bench", "recover", "evacuate", "balance"}
     assert {"-H", "--host", "-F", "--mode", "--io-timeout", "--checkpoint-dir", "--precopy-shrink"} <= takes_value
     assert not {"--json", "-q", "--keep-source", "--allow-privileged", "--leave-running"} & takes_value
     argv = ["--mode", "post-copy", "-H", "x", "--json", "cr", "hostA", "hostB"]
