@@ -35,6 +35,13 @@ def test_largest_first_each_to_the_target_with_the_lowest_memory_use_after_it():
     assert placed == {"a2": "hostC", "a0": "hostC", "a1": "hostB"}
 
 
+def test_memory_use_decides_before_the_container_count():
+    busy_but_light = host("hostB", 10, 10, 10, 10)   # 4 containers, ~0 % of its memory
+    one_heavy = host("hostC", 8192)                   # 1 container, 50 %
+    placed = Placer([busy_but_light, one_heavy]).place(host("hostA", 1024).containers)
+    assert [t for _, t in placed] == ["hostB"]
+
+
 def test_a_container_no_target_has_room_for_is_not_placed():
     placed = Placer([host("hostB", available_gib=1)]).place(host("hostA", 900, 500).containers)
     assert [(x.name, t) for x, t in placed] == [("a0", None), ("a1", "hostB")]   # 1.2 x 900 MiB > 1 GiB
