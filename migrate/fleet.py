@@ -338,35 +338,47 @@ class _Runner:
         self.tried: dict[str, list[dict]] = {}
 
     def run(self) -> bool:
-        """True when it was interrupted."""
-        workers = [threading.Thread(target=self._work, name=f"move-{i}", daemon=True)
-                   for i in range(min(self.parallel, len(self.queue)))]
-        for w in workers:
-            w.start()
+        """True when it was interrupted. Waits on an event, not on Thread.join: a KeyboardInterrupt inside join
+        can leave the thread looking finished while it still runs (CPython before 3.12), and the CLI would then
+        exit in the middle of a migration."""
+        n = min(self.parallel, len(self.queue))
+        self.active = n
+        self.finished = threading.Event()
+        if n == 0:
+            self.finished.set()
+        # not daemons: should this thread die anyway, the process waits for the moves under way to end
+        for i in range(n):
+            threading.Thread(target=self._work, name=f"move-{i}").start()
         interrupted = False
-        for w in workers:
-            while w.is_alive():
-                try:
-                    w.join(0.2)
-                except KeyboardInterrupt:
-                    interrupted = True
-                    with self.lock:
-                        self.stopping = True
-                        left = len(self.queue)
-                    self.emit({"event": "fleet-interrupted", "not_started": left,
-                               "message": "interrupted: no new move starts; the moves under way finish"})
+        while True:
+            try:
+                if self.finished.wait(0.2):
+                    break
+            except KeyboardInterrupt:
+                interrupted = True
+                with self.lock:
+                    self.stopping = True
+                    left = len(self.queue)
+                self.emit({"event": "fleet-interrupted", "not_started": left,
+                           "message": "interrupted: no new move starts; the moves under way finish"})
         for m in self.queue:
             self.outcomes[m.container] = Outcome(m.container, m.source, m.destination, "not-started",
                                                  m.memory_bytes, tried=self.tried.get(m.container, []))
         return interrupted
 
     def _work(self) -> None:
-        while True:
+        try:
+            while True:
+                with self.lock:
+                    if self.stopping or not self.queue:
+                        return
+                    move = self.queue.popleft()
+                self._one(move)
+        finally:
             with self.lock:
-                if self.stopping or not self.queue:
-                    return
-                move = self.queue.popleft()
-            self._one(move)
+                self.active -= 1
+                if self.active == 0:
+                    self.finished.set()
 
     def _one(self, m: Move) -> None:
         tried = self.tried.setdefault(m.container, [])

@@ -220,3 +220,22 @@ def test_report_ok_only_when_every_container_moved():
     assert not rep.ok
     assert "1 of 2 moved (hostB 1)" in rep.summary() and "not moved: stayed 1" in rep.summary()
     assert "(hostC)" in rep.human()   # where it was bound, not where it is
+
+
+def test_ctrl_c_starts_no_new_move_and_lets_the_one_under_way_finish(monkeypatch):
+    import _thread
+    calls = []
+
+    def migrate(container, source, destination, progress=None, **options):
+        calls.append(container)
+        if len(calls) == 1:
+            time.sleep(0.3)            # the runner's main thread waits in its join loop
+            _thread.interrupt_main()   # as Ctrl-C: KeyboardInterrupt there
+            time.sleep(0.3)            # this move goes on to its end
+        return type("R", (), {"mode": "stop-copy", "downtime": 0.1, "to_dict": lambda self: {}})()
+    monkeypatch.setattr("migrate.migration.migrate", migrate)
+    runner = fleet._Runner([Move(f"c{i}", "hostA", "hostB") for i in range(4)], 1, lambda e: None, {})
+    assert runner.run() is True
+    assert calls == ["c0"]
+    assert {n: o.result for n, o in runner.outcomes.items()} == {
+        "c0": "moved", "c1": "not-started", "c2": "not-started", "c3": "not-started"}
