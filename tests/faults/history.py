@@ -72,8 +72,29 @@ def runc_roots(exec_root: Path) -> list[Path]:
     return [exec_root / f"runtime-{name}" / "moby" for name in ("runc", "cmigrate-runc")]
 
 
+class Sampling:
+    """The ``with`` block of a sampler: ``_ready`` (set up, and refuse to watch nothing), then ``_loop`` in a
+    thread until the block ends and sets ``_done``."""
+
+    def _ready(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._ready()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 @dataclass
-class TwiceWatch:
+class TwiceWatch(Sampling):
     """Sample, in a thread, while in its ``with``: container ``container_id`` on the source (dockerd exec-root
     ``src_exec_root``), every new container of the destination's dockerd (``dst_exec_root``). ``samples`` counts
     them all, ``both`` those in which the container ran on both hosts."""
@@ -119,18 +140,11 @@ class TwiceWatch:
                     self.first_both = time.monotonic() - started
             self._done.wait(INTERVAL)
 
-    def __enter__(self) -> "TwiceWatch":
+    def _ready(self) -> None:
         self._known = {d.name for d in self._dst_dirs()}
         if not self._src_runs():
             raise AssertionError(f"the sampler sees no running container {self.container_id[:12]} under "
                                  f"{self.src_exec_root}: it would watch nothing")
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
 
     def summary(self) -> str:
         return (f"{self.samples} samples: source ran in {self.src_ran}, destination in {self.dst_ran}, "

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrate import lab
-from tests.faults.history import INTERVAL, runc_roots, runs
+from tests.faults.history import INTERVAL, Sampling, runc_roots, runs
 
 VAR = b"FLEET_NAME="
 
@@ -49,7 +48,7 @@ def running_names(exec_root: Path) -> set[str]:
 
 
 @dataclass
-class FleetWatch:
+class FleetWatch(Sampling):
     names: set[str]
     samples: int = 0
     twice: dict[str, int] = field(default_factory=dict)      # name -> samples on two hosts at once
@@ -71,19 +70,11 @@ class FleetWatch:
                     self.twice[name] = self.twice.get(name, 0) + 1
             self._done.wait(INTERVAL)
 
-    def __enter__(self) -> "FleetWatch":
+    def _ready(self) -> None:
         self._hosts = lab.hosts()
-        now = self._read()
-        missing = self.names - set().union(*now.values())
+        missing = self.names - set().union(*self._read().values())
         if missing:
             raise AssertionError(f"the sampler sees no running {sorted(missing)}: it would watch nothing")
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
 
     def summary(self) -> str:
         return f"{self.samples} samples; on two hosts at once: {self.twice or 'never'}; seen on {self.seen_on}"
