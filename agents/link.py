@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from migrate.errors import TransportError
+from transport import pagecodec
 
 MAGIC = b"cmigrate-link "
 TOKEN_BYTES = 16
@@ -333,13 +334,15 @@ class CriuStream:
     chunk as it goes."""
 
     def __init__(self, conn: Link, criu: CriuSocket | None = None, on_bytes=None,
-                 far_end_closes: bool = False) -> None:
+                 far_end_closes: bool = False, compress: bool = False) -> None:
         self.link, self.on_bytes, self.far_end_closes = conn, on_bytes, far_end_closes
+        self.compress = compress and not far_end_closes   # transport/pagecodec.py; the far end decodes
         self.criu = criu or CriuSocket()
         self.sock: socket.socket = self.criu.sock
         self.sock.setblocking(True)
         self.error: BaseException | None = None
         self.sent = 0
+        self.wire: int | None = None   # bytes on the link, where compressed (else ``sent``)
         self._new = 0
         conn.relays.append(self)
         self.out = threading.Thread(target=self._out, daemon=True)
@@ -359,8 +362,15 @@ class CriuStream:
 
     def _out(self) -> None:
         try:
-            _splice_all(self.sock.fileno(), self.link.proc.stdin.fileno(), self._count)
-        except OSError as exc:
+            if self.compress:
+                encoder = pagecodec.PageEncoder(self.sock, self.link.proc.stdin.fileno(), self._count)
+                try:
+                    encoder.run()
+                finally:
+                    self.wire = encoder.wire
+            else:
+                _splice_all(self.sock.fileno(), self.link.proc.stdin.fileno(), self._count)
+        except Exception as exc:   # OSError: the link broke (or a compressor failed)
             if not self.far_end_closes:   # the link broke: CRIU's next write must fail rather than wait forever
                 self.error = exc
                 _reset(self.sock)

@@ -168,8 +168,10 @@ class SourceMigration:
             lock = _netns_of(info) if args.get("keep_ip") else None   # the network to lock for the move
             dk.between_health_probes(info)   # no health probe into the frozen container
             t0 = time.time()
+            page_wire = 0
             if runc_root:
-                policy, page_bytes = None, self._dump_with_runc(runc_root, info, work, parent, extra, lock, args, ch)
+                policy, (page_bytes, page_wire) = None, self._dump_with_runc(runc_root, info, work, parent, extra,
+                                                                             lock, args, ch)
             elif args.get("lazy") or parent:
                 raise CheckpointError("post-copy and pre-copy need the container's runc state on this host (runc "
                                       "runtime)")
@@ -181,7 +183,7 @@ class SourceMigration:
             _save_layer(upper, work, cid)
             result = {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
                       "images_bytes": dir_size(work / CHECKPOINT), "restart_policy": policy,
-                      "frozen": bool(runc_root), "page_bytes": page_bytes}
+                      "frozen": bool(runc_root), "page_bytes": page_bytes, "page_wire_bytes": page_wire}
         finally:
             dk.close()
         if args.get("send") is not None:   # straight on over the direct link, no round trip to the CLI
@@ -190,9 +192,10 @@ class SourceMigration:
         return result
 
     def _dump_with_runc(self, runc_root: Path, info: dict, work: Path, parent: str | None, extra: str,
-                        lock: str | None, args: dict, ch) -> int:
+                        lock: str | None, args: dict, ch) -> tuple[int, int]:
         """Freeze and dump through runc (``extra``: CRIU options; ``lock``: the network namespace to lock first,
-        --keep-ip); the page bytes streamed. On failure the container is thawed and unlocked already."""
+        --keep-ip). Returns the page bytes streamed and the bytes they took on the link (``compress_pages``: zstd
+        chunks where they pay). On failure the container is thawed and unlocked already."""
         cid, name = info["Id"], info["Name"].lstrip("/")
         if args.get("lazy"):
             pages = self._link("pages", "no page link was opened for this post-copy migration")
@@ -203,13 +206,14 @@ class SourceMigration:
                 _unlock_network(lock)
                 shutil.rmtree(work, ignore_errors=True)
                 raise
-            return 0
+            return 0, 0
         conn = self._link("data", "no direct data link was opened for this migration") if args.get("page_link") \
             else None
         try:
             _lock_network(lock, cid)
             return criu.freeze_dump(runc_root, cid, work, conn, _throttled(ch),
-                                    args.get("destination") or "the destination", parent, extra)
+                                    args.get("destination") or "the destination", parent, extra,
+                                    compress=bool(args.get("compress_pages")))
         except MigrationError as exc:   # thawed already; the destination never got the files to restore
             _unlock_network(lock)
             shutil.rmtree(work, ignore_errors=True)

@@ -500,6 +500,9 @@ def build_migrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-pages", default="auto", choices=("auto", "always", "never"),
                    help="stop-copy over the direct link: memory pages straight from the dump into the link "
                         "(always), or dumped to disk and sent after (never); auto: from 64 MiB of memory")
+    p.add_argument("--page-compression", default="auto", choices=("auto", "off"),
+                   help="streamed memory pages: zstd where a chunk shrinks, raw where it does not (auto), or all "
+                        "raw (off)")
     from migrate.migration import PrecopyRule
     rule = PrecopyRule()
     p.add_argument("--precopy-iterations", type=int, default=rule.max_iterations, metavar="N",
@@ -528,7 +531,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                          mode=args.mode, level=args.level, threads=args.threads, keep_source=args.keep_source,
                          io_timeout=args.io_timeout, progress=bars, data_path=args.data_path,
                          precopy=PrecopyRule(args.precopy_iterations, args.precopy_min_pages, args.precopy_shrink),
-                         stream_pages=args.stream_pages, allow_privileged=args.allow_privileged,
+                         stream_pages=args.stream_pages, page_compression=args.page_compression,
+                         allow_privileged=args.allow_privileged,
                          tcp_close=args.tcp_close, keep_ip=args.keep_ip, ignore_cpu=args.ignore_cpu)
     finally:
         bars.close()

@@ -35,6 +35,7 @@ POST_COPY_RISK = ("post-copy: {dst} runs the container before its memory has arr
                   "losing {src} or the link between them stops it there (the frozen original on {src} is "
                   "resumed if cmigrate can still reach it)")
 DATA_PATHS = ("auto", "direct", "relay")
+PAGE_COMPRESSION = ("auto", "off")
 # below this much container memory a stop-copy dump and transfer take less time (~0.1-0.3 s) than Docker's way to
 # the gated restore (~0.3 s: containerd task, network namespace and endpoint): the freeze waits until Docker is
 # there (post-copy and pre-copy's frozen parts are short whatever the memory: they always wait). Above it Docker
@@ -59,6 +60,7 @@ class Report:
     precopy_stop: str | None = None   # why pre-copy stopped iterating
     data_path: str = "relay"
     pages_streamed: bool = False
+    pages_compressed: bool = False   # streamed pages crossed in zstd chunks where that paid (transport/pagecodec.py)
     phases: dict[str, float] = field(default_factory=dict)
     downtime: float = 0.0
     frozen_dump: float = 0.0
@@ -145,7 +147,7 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
             io_timeout: float = DEFAULT_IO_TIMEOUT, progress: Progress | None = None, agent: str | None = None,
             data_path: str = "auto", stream_pages: str = "auto", precopy: PrecopyRule | None = None,
             allow_privileged: bool = False, tcp_close: bool = False, keep_ip: bool = False,
-            ignore_cpu: bool = False) -> Report:
+            ignore_cpu: bool = False, page_compression: str = "auto") -> Report:
     """Move a running ``container`` from host ``source`` to host ``destination``; it goes on running there.
 
     Hosts are ``"local"`` or SSH host names (resolved through ``ssh_config`` or ~/.ssh/config). Raises a
@@ -153,6 +155,9 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
 
     ``stream_pages`` (stop-copy over the direct link): ``always`` sends memory pages from CRIU's dump straight
     into the link, ``never`` dumps them to disk and sends the files after, ``auto`` streams from 64 MiB of memory.
+
+    ``page_compression``: ``auto`` sends streamed pages in zstd chunks where a chunk shrinks (memory that does
+    not, random or compressed already, is found out in a few chunks and crosses raw); ``off`` sends them raw.
 
     ``precopy``: the stop rule of pre-copy's iterations (:class:`PrecopyRule`; its defaults when None).
 
@@ -181,24 +186,30 @@ def migrate(container: str, source: str, destination: str, *, ssh_config: str | 
     validate_host(destination)
     if source == destination:
         raise UsageError(f"source and destination are the same host ({source})")
-    if mode not in MODES:
-        raise UsageError(f"mode {mode!r} is not available: choose from {', '.join(MODES)}")
-    if stream_pages not in ("auto", "always", "never"):
-        raise UsageError(f"stream_pages {stream_pages!r}: choose from auto, always, never")
-    if data_path not in DATA_PATHS:
-        raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
-    if not 1 <= level <= 19:
-        raise UsageError(f"compression level {level} is out of range 1..19")
+    _check_choices(mode, stream_pages, page_compression, data_path, level)
     _check_connection_options(tcp_close, keep_ip, keep_source)
     if io_timeout is None:
         raise UsageError("an I/O timeout is needed: a migration never waits forever on a silent host")
     validate_timeout(io_timeout)
     emit = progress or (lambda event: None)
     m = _Migration(container, source, destination, ssh_config, level, threads, keep_source, io_timeout, emit, agent)
-    m.data_path, m.mode, m.stream_pages = data_path, mode, stream_pages
+    m.data_path, m.mode, m.stream_pages, m.page_compression = data_path, mode, stream_pages, page_compression
     m.allow_privileged, m.tcp_close, m.keep_ip, m.ignore_cpu = allow_privileged, tcp_close, keep_ip, ignore_cpu
     m.precopy = precopy or PrecopyRule()
     return m.run()
+
+
+def _check_choices(mode: str, stream_pages: str, page_compression: str, data_path: str, level: int) -> None:
+    if mode not in MODES:
+        raise UsageError(f"mode {mode!r} is not available: choose from {', '.join(MODES)}")
+    if stream_pages not in ("auto", "always", "never"):
+        raise UsageError(f"stream_pages {stream_pages!r}: choose from auto, always, never")
+    if page_compression not in PAGE_COMPRESSION:
+        raise UsageError(f"page compression {page_compression!r}: choose from {', '.join(PAGE_COMPRESSION)}")
+    if data_path not in DATA_PATHS:
+        raise UsageError(f"data path {data_path!r} is not available: choose from {', '.join(DATA_PATHS)}")
+    if not 1 <= level <= 19:
+        raise UsageError(f"compression level {level} is out of range 1..19")
 
 
 def _check_connection_options(tcp_close: bool, keep_ip: bool, keep_source: bool) -> None:
@@ -420,7 +431,8 @@ class _Migration:
         else:
             sent = self._freeze_relayed(info, send_args, receive_args, parent)
         r.raw_bytes = sent["raw_bytes"] + self.dump.get("page_bytes", 0) + sum(i["bytes"] for i in r.precopy)
-        r.wire_bytes = sent["wire_bytes"] + self.dump.get("page_bytes", 0) + sum(i["wire_bytes"] for i in r.precopy)
+        pages_wire = self.dump.get("page_wire_bytes", self.dump.get("page_bytes", 0))
+        r.wire_bytes = sent["wire_bytes"] + pages_wire + sum(i["wire_bytes"] for i in r.precopy)
         r.downtime = time.monotonic() - t_freeze
 
     def _finish(self, info: dict) -> None:
@@ -533,13 +545,15 @@ class _Migration:
         r = self.report
         t = time.monotonic()
         lazy = r.mode == "post-copy"
+        compress = r.pages_compressed = r.pages_streamed and self.page_compression == "auto"
         self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, restore_id=self.dst_id, lazy=lazy,
-                       **receive_args)
+                       compress_pages=compress, **receive_args)
         on_bytes = self._bytes("checkpoint")
         try:
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                              destination=self.dst_name, parent=parent,
-                                             page_link=r.pages_streamed, send=send_args, lazy=lazy,
+                                             page_link=r.pages_streamed, compress_pages=compress,
+                                             send=send_args, lazy=lazy,
                                              external_netns=self.external_netns, tcp_close=self.tcp_close,
                                              keep_ip=self.keep_ip, file_locks=self.file_locks,
                                              progress=lambda m: on_bytes(m.get("bytes", 0)))

@@ -52,7 +52,7 @@ TICKER = "memhog 0 0 5 &"
 COUNTER = 'i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done'
 MIGRATIONS = ("cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw")
 STARTS = ("clone", "cold")   # the warm-5s workload only: time to a serving container
-METHODS = MIGRATIONS + STARTS
+METHODS = MIGRATIONS + ("cmigrate-raw-pages",) + STARTS   # the A/B of compressed pages: on demand
 # a server that spends 5 s warming a 64 MiB cache before it serves
 WARM = "memhog 64 0 1000 & sleep 5; echo warmed > /state; exec httpd -f -p 8080 -h /var/www"
 WARM_WORKLOAD = "warm-5s"
@@ -155,13 +155,14 @@ def _wait4(argv: list[str], env: dict | None = None) -> tuple[int, bytes, int]:
     return proc.returncode, out + err, rss
 
 
-def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "auto", keep_ip: bool = False) -> Trial:
+def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "auto", keep_ip: bool = False,
+                   extra: tuple[str, ...] = ()) -> Trial:
     _start(name, *cfg, echo=keep_ip)
     client = _echo_client(name) if keep_ip else None
     cli = str(Path(sys.prefix) / "bin" / "cmigrate")
     t0 = time.monotonic()
-    proc = subprocess.Popen([cli, "--json", "--mode", mode, *(["--keep-ip"] if keep_ip else []), name, "hostA",
-                             "hostB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([cli, "--json", "--mode", mode, *(["--keep-ip"] if keep_ip else []), *extra, name,
+                             "hostA", "hostB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     total = time.monotonic() - t0
     stall, problem = _client_after(client) if client else (None, "")
@@ -205,6 +206,11 @@ def _client_after(client: EchoClient) -> tuple[float | None, str]:
     if client.error is not None or client.wrong:
         return None, f"the TCP client: {client.error or 'wrong echoes ' + ' '.join(client.wrong[:3])}"
     return client.longest, ""
+
+
+def trial_uncompressed(name, cfg, repeat) -> Trial:
+    """cmigrate with its page stream raw (``--page-compression off``): the A/B of compressed pages."""
+    return trial_cmigrate(name, cfg, repeat, "cmigrate-raw-pages", extra=("--page-compression", "off"))
 
 
 def trial_postcopy(name, cfg, repeat) -> Trial:
@@ -316,7 +322,8 @@ def _wait_logs_state(host: str, name: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-TRIALS = {"clone": trial_clone, "cold": trial_cold, "cmigrate": trial_cmigrate, "postcopy": trial_postcopy, "keepip": trial_keepip,
+TRIALS = {"clone": trial_clone, "cold": trial_cold, "cmigrate": trial_cmigrate,
+          "cmigrate-raw-pages": trial_uncompressed, "postcopy": trial_postcopy, "keepip": trial_keepip,
           "keepip-postcopy": trial_keepip_postcopy, "naive": trial_naive, "raw": trial_raw}
 
 
