@@ -60,7 +60,7 @@ class Report:
     precopy_stop: str | None = None   # why pre-copy stopped iterating
     data_path: str = "relay"
     pages_streamed: bool = False
-    pages_compressed: bool = False   # streamed pages crossed in zstd chunks where that paid (transport/pagecodec.py)
+    pages_compressed: bool = False   # streamed pages took fewer bytes on the link than raw (transport/pagecodec.py)
     phases: dict[str, float] = field(default_factory=dict)
     downtime: float = 0.0
     frozen_dump: float = 0.0
@@ -432,6 +432,7 @@ class _Migration:
             sent = self._freeze_relayed(info, send_args, receive_args, parent)
         r.raw_bytes = sent["raw_bytes"] + self.dump.get("page_bytes", 0) + sum(i["bytes"] for i in r.precopy)
         pages_wire = self.dump.get("page_wire_bytes", self.dump.get("page_bytes", 0))
+        r.pages_compressed = pages_wire < self.dump.get("page_bytes", 0)   # raw chunks alone take a few bytes more
         r.wire_bytes = sent["wire_bytes"] + pages_wire + sum(i["wire_bytes"] for i in r.precopy)
         r.downtime = time.monotonic() - t_freeze
 
@@ -545,7 +546,7 @@ class _Migration:
         r = self.report
         t = time.monotonic()
         lazy = r.mode == "post-copy"
-        compress = r.pages_compressed = r.pages_streamed and self.page_compression == "auto"
+        compress = r.pages_streamed and self.page_compression == "auto"
         self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, restore_id=self.dst_id, lazy=lazy,
                        compress_pages=compress, **receive_args)
         on_bytes = self._bytes("checkpoint")

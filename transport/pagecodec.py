@@ -4,9 +4,10 @@ zstd-compressed where that pays, raw where it does not.
     CRIU dump --socket--> PageEncoder ==link==> PageDecoder --socket--> criu page-server
                           (chunks: R raw, Z zstd, E end)              (its answers go back unchanged)
 
-A chunk is whatever CRIU wrote, read up to ``CHUNK`` bytes. Each is compressed (zstd level ``LEVEL``, on a pool of
-``WORKERS`` threads: zstandard lets go of the GIL while it works, and the order on the wire is kept) and sent so if
-that made it at most ``WORTH`` of its size; otherwise raw. Memory that does not compress (random, already
+A chunk is what CRIU wrote, read up to ``CHUNK`` bytes (waiting ``COALESCE`` for more at each pause). Each one of
+``SMALL`` or more is compressed (zstd level ``LEVEL``, on a pool of ``WORKERS`` threads: zstandard lets go of the
+GIL while it works, and the order on the wire is kept) and sent so if that made it at most ``WORTH`` of its size;
+otherwise raw. Memory that does not compress (random, already
 compressed) is found out in a few chunks: after ``GIVE_UP`` raw chunks in a row only every ``PROBE``-th is tried,
 so it crosses at the link's speed, not the compressor's. Whenever CRIU stops writing (it waits for the page
 server's answer) everything read so far is sent first: no chunk waits for one that may never come.
@@ -37,6 +38,8 @@ WORKERS = 2
 WORTH = 0.9        # a compressed chunk is sent only if it is at most this share of its size
 GIVE_UP = 4        # raw chunks in a row before compression is only probed
 PROBE = 16         # then one chunk in this many is tried
+SMALL = 64 << 10    # shorter chunks (CRIU paused) cross raw and do not count as misses
+COALESCE = 0.002    # seconds a chunk waits for more of CRIU's writes before it is cut short
 PENDING = 2 * WORKERS   # chunks read ahead of the link at most (memory: PENDING x CHUNK, twice)
 MAX_FRAME = CHUNK + (CHUNK >> 4) + 1024
 HEADER = struct.Struct(">cI")
@@ -64,35 +67,68 @@ class Choice:
 
 
 class Gate:
-    """Whether compressing pays on this link now: only where the link is slower than the compressor. Sending raw,
-    a chunk takes the link's time; compressed, the compressor's time (its workers side by side), the link then
-    carrying less. The link's speed is what writes into it take (fast while its buffers have room: a link that
-    keeps up is not the bottleneck); the compressor's is what chunks took on a worker. Both over the last
-    ``WINDOW`` chunks; until the compressor was measured, it is tried."""
+    """Whether compressing pays on this link now, measured rather than modelled: the rate at which CRIU's pages
+    go in (the whole path's speed: compressor, link and far end, with whatever else runs on these CPUs), over
+    segments of ``SEGMENT`` bytes, compressing in some and raw in others. The first segments, until ``WARM``
+    bytes went onto the link, only fill its buffers (ssh's window, the sockets'); then one of each is measured, and the faster way is kept (compressing at a tie, within
+    ``TIE``: fewer bytes on the wire), with the other tried again every ``REPROBE`` segments. A compressed
+    segment that waited on the link most of its time (``LINK_BOUND``) settles it: the link is what limits, and
+    raw pages, more bytes on it, cannot go faster; raw is then not tried."""
 
-    WINDOW = 16
+    SEGMENT = 8 << 20
+    REPROBE = 8
+    TIE = 1.05
+    LINK_BOUND = 0.5
+    WARM = 4 << 20
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.link: deque[tuple[int, float]] = deque(maxlen=self.WINDOW)
-        self.zstd: deque[tuple[int, float]] = deque(maxlen=self.WINDOW)
-
-    def wrote(self, n: int, seconds: float) -> None:
-        self.link.append((n, seconds))
-
-    def compressed(self, n: int, seconds: float) -> None:
-        self.zstd.append((n, seconds))
-
-    @staticmethod
-    def _rate(samples) -> float | None:
-        n, t = sum(s[0] for s in samples), sum(s[1] for s in samples)
-        return n / t if t > 0 and n > 0 else None
+    def __init__(self, workers: int = 0) -> None:   # workers: kept for callers; the measurement includes them
+        self.rates: dict[bool, float] = {}
+        self.compressing = True
+        self.segment = 0            # index of the current segment; 0 until the link's buffers are full
+        self._sent = 0
+        self.since_probe = 0
+        self._bytes = 0
+        self._waited = 0.0
+        self._link_bound = False
+        self._t0: float | None = None
 
     def pays(self) -> bool:
-        zstd, wire = self._rate(self.zstd), self._rate(self.link)
-        if zstd is None or wire is None:
+        return self.compressing
+
+    def wrote(self, n: int, seconds: float) -> None:
+        """``n`` bytes went into the link; it took this long (waiting for room in it)."""
+        self._sent += n
+        self._waited += seconds
+
+    def consumed(self, n: int, now: float | None = None) -> None:
+        """``n`` bytes of CRIU's were taken in, at ``now`` (monotonic)."""
+        now = time.monotonic() if now is None else now
+        if self._t0 is None:
+            self._t0 = now
+        self._bytes += n
+        if self._bytes < self.SEGMENT:
+            return
+        if self.segment > 0 and now > self._t0:
+            self.rates[self.compressing] = self._bytes / (now - self._t0)
+            self._link_bound = self.compressing and self._waited > self.LINK_BOUND * (now - self._t0)
+        if self.segment > 0 or self._sent >= self.WARM:   # before, the buffers filling: not a measure of anything
+            self.segment += 1
+        self._bytes, self._t0, self._waited = 0, now, 0.0
+        self.compressing = self._next()
+
+    def _next(self) -> bool:
+        if self.segment <= 1:   # warming up, then measuring compression first
             return True
-        return zstd * self.workers > wire
+        if self._link_bound:
+            return True
+        if len(self.rates) < 2:
+            return not self.compressing   # measure the other way once
+        self.since_probe += 1
+        best = self.rates[True] * self.TIE >= self.rates[False]
+        if self.since_probe >= self.REPROBE:
+            self.since_probe = 0
+            return not best
+        return best
 
 
 class PageEncoder:
@@ -134,7 +170,10 @@ class PageEncoder:
                     continue
                 chunk = self._read()
                 self._counted(len(chunk))
-                pending.append((self._pool.submit(self._compress, chunk), chunk, True))
+                if len(chunk) < SMALL:
+                    pending.append((None, chunk, False))
+                else:
+                    pending.append((self._pool.submit(self._compress, chunk), chunk, True))
                 while len(pending) >= PENDING or (pending and pending[0][0] is not None and pending[0][0].done()):
                     self._write(*pending.popleft())
             while pending:
@@ -145,6 +184,7 @@ class PageEncoder:
 
     def _counted(self, n: int) -> None:
         self.raw += n
+        self.gate.consumed(n)
         if self.on_bytes:
             self.on_bytes(n)
 
@@ -154,14 +194,17 @@ class PageEncoder:
         return int.from_bytes(buf, sys.byteorder)
 
     def _read(self) -> bytes:
-        """Up to CHUNK bytes, as many as CRIU has written by now (at least one is there)."""
+        """Up to CHUNK bytes: what CRIU has written, and what it writes within ``COALESCE`` seconds of each pause
+        (it writes each iov's header apart from its pages: read at once, chunks would be a few bytes)."""
         buf = bytearray(CHUNK)
         view, got = memoryview(buf), 0
         while got < CHUNK:
             try:
                 n = self.src.recv_into(view[got:], CHUNK - got, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                break
+                if select.select([self.src], [], [], COALESCE)[0]:
+                    continue
+                break   # CRIU paused: it may wait for an answer to what it wrote
             if n == 0:
                 break
             got += n
@@ -169,48 +212,48 @@ class PageEncoder:
 
     def _splice_raw(self, n: int) -> None:
         """A raw frame of the next ``n`` bytes (there already), moved by the kernel from CRIU's socket to the link."""
-        t0 = time.monotonic()
         self._send(HEADER.pack(RAW, n))
         left = n
         while left:
             try:
                 k = os.splice(self.src.fileno(), self.out, left, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:   # the link's pipe is full
-                select.select([], [self.out], [], 0.05)
+                self._wait_for_link()
                 continue
             if k == 0:
                 raise CorruptStream("CRIU's stream ended inside a chunk")
             left -= k
         self.wire += n
+        self.gate.wrote(n, 0.0)
         self._counted(n)
         self.raw_chunks += 1
-        self.gate.wrote(n + HEADER.size, time.monotonic() - t0)
 
-    def _compress(self, chunk: bytes) -> tuple[bytes, float]:
+    def _wait_for_link(self) -> None:
+        t0 = time.monotonic()
+        select.select([], [self.out], [], 0.05)
+        self.gate.wrote(0, time.monotonic() - t0)
+
+    def _compress(self, chunk: bytes) -> bytes:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
             cctx = self._local.cctx = zstandard.ZstdCompressor(level=LEVEL)
-        t0 = time.thread_time()
-        packed = cctx.compress(chunk)
-        return packed, time.thread_time() - t0
+        return cctx.compress(chunk)
 
     def _write(self, future: Future | None, chunk: bytes, tried: bool) -> None:
-        packed, seconds = future.result() if future is not None else (None, 0.0)
-        if packed is not None:
-            self.gate.compressed(len(chunk), seconds)
+        packed = future.result() if future is not None else None
         paid = packed is not None and len(packed) <= WORTH * len(chunk)
         self.choice.result(paid, tried)
-        t0 = time.monotonic()
         if paid:
             self.compressed_chunks += 1
             self._send(HEADER.pack(ZSTD, len(packed)), packed)
-            self.gate.wrote(len(packed) + HEADER.size, time.monotonic() - t0)
         else:
             self.raw_chunks += 1
             self._send(HEADER.pack(RAW, len(chunk)), chunk)
-            self.gate.wrote(len(chunk) + HEADER.size, time.monotonic() - t0)
 
     def _send(self, *parts: bytes) -> None:
+        """Into the link; the time a write takes is time waiting for room in it (copying into a pipe with room
+        takes microseconds)."""
+        t0, sent = time.monotonic(), 0
         for part in parts:
             view = memoryview(part)
             while view:
@@ -220,7 +263,9 @@ class PageEncoder:
                     select.select([], [self.out], [], 0.05)
                     continue
                 self.wire += n
+                sent += n
                 view = view[n:]
+        self.gate.wrote(sent, time.monotonic() - t0)
 
 
 class PageDecoder:

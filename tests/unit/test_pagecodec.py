@@ -181,16 +181,44 @@ def test_a_broken_link_makes_the_encoder_fail_not_hang():
     criu_far.close()
 
 
-def test_a_link_faster_than_the_compressor_gets_raw_pages_and_a_slower_one_compressed():
-    gate = pagecodec.Gate(workers=2)
-    assert gate.pays(), "nothing measured yet: try compressing"
-    for _ in range(20):
-        gate.compressed(1 << 20, 0.004)     # 250 MB/s per worker, 500 MB/s with both
-        gate.wrote(1 << 20, 0.0005)         # the link took 1 MiB in 0.5 ms: it keeps up
-    assert not gate.pays()
-    for _ in range(20):
-        gate.wrote(300 << 10, 0.0025)       # 1 Gbit/s: 120 MB/s on the wire
-    assert gate.pays()
+def _feed(gate: pagecodec.Gate, clock: list[float], rate: float, wire: int = 2 << 20) -> None:
+    """A segment of pages taken in at ``rate`` bytes/s (in 1 MiB chunks, on a fake clock), ``wire`` bytes of
+    them onto the link."""
+    chunks = pagecodec.Gate.SEGMENT >> 20
+    for _ in range(chunks):
+        gate.wrote(wire // chunks, 0.0)
+        clock[0] += (1 << 20) / rate
+        gate.consumed(1 << 20, clock[0])
+
+
+@pytest.mark.parametrize("compressed, raw, kept", [(300e6, 100e6, True),    # a slow link: compressing wins
+                                                    (200e6, 400e6, False),   # a fast link: the compressor limits
+                                                    (390e6, 400e6, True)],   # a tie: fewer bytes on the wire
+                         ids=["slow-link", "fast-link", "tie"])
+def test_the_gate_keeps_the_faster_way_and_tries_the_other_again(compressed, raw, kept):
+    gate, clock = pagecodec.Gate(), [0.0]
+    rate = {True: compressed, False: raw}
+    seen = []
+    for _ in range(4 + pagecodec.Gate.REPROBE + 1):
+        seen.append(gate.pays())
+        _feed(gate, clock, rate[gate.pays()])
+    # warm-up (compressing, until 4 MiB went onto the link: two segments), then one segment of each, then the
+    # faster one, and the other again once
+    assert seen[:4] == [True, True, True, False]
+    kept_run = seen[4:4 + pagecodec.Gate.REPROBE - 1]
+    assert kept_run == [kept] * len(kept_run), seen
+    assert (not kept) in seen[4:], f"the way not kept must be tried again: {seen}"
+
+
+def test_a_link_that_holds_up_compressed_pages_is_never_tried_raw():
+    """Compressing and still waiting on the link: raw pages, more bytes, could only be slower."""
+    gate, clock = pagecodec.Gate(), [0.0]
+    seen = []
+    for _ in range(3 + pagecodec.Gate.REPROBE + 1):
+        seen.append(gate.pays())
+        gate.wrote(0, 0.8 * pagecodec.Gate.SEGMENT / 100e6)   # 80% of the segment's time spent waiting for room
+        _feed(gate, clock, 100e6)
+    assert seen == [True] * len(seen)
 
 
 def test_on_a_fast_link_text_pages_cross_raw_and_intact():
