@@ -8,7 +8,8 @@ A chunk is what CRIU wrote, read up to ``CHUNK`` bytes (waiting ``COALESCE`` for
 ``SMALL`` or more is compressed (zstd level ``LEVEL``, on a pool of ``WORKERS`` threads: zstandard lets go of the
 GIL while it works, and the order on the wire is kept) and sent so if that made it at most ``WORTH`` of its size;
 otherwise raw. Memory that does not compress (random, already
-compressed) is found out in a few chunks: after ``GIVE_UP`` raw chunks in a row only every ``PROBE``-th is tried,
+compressed) is found out in a few chunks: after ``GIVE_UP`` raw chunks in a row only one chunk per ``PROBE``
+chunks' worth of bytes is tried,
 so it crosses at the link's speed, not the compressor's. Whenever CRIU stops writing (it waits for the page
 server's answer) everything read so far is sent first: no chunk waits for one that may never come.
 
@@ -37,7 +38,7 @@ LEVEL = 1          # measured here: 3.6x on text pages at ~300 MB/s per core (le
 WORKERS = 2
 WORTH = 0.9        # a compressed chunk is sent only if it is at most this share of its size
 GIVE_UP = 4        # raw chunks in a row before compression is only probed
-PROBE = 16         # then one chunk in this many is tried
+PROBE = 16         # then one chunk is tried per this many chunks' bytes sent raw
 SMALL = 64 << 10    # shorter chunks (CRIU paused) cross raw and do not count as misses
 COALESCE = 0.002    # seconds a chunk waits for more of CRIU's writes before it is cut short
 PENDING = 2 * WORKERS   # chunks read ahead of the link at most (memory: PENDING x CHUNK, twice)
@@ -51,19 +52,24 @@ class CorruptStream(Exception):
 
 
 class Choice:
-    """Which chunks to try compressing: all, until ``GIVE_UP`` in a row did not pay; then one in ``PROBE``."""
+    """Which chunks to try compressing: all, until ``GIVE_UP`` in a row did not pay; then one per ``PROBE`` x
+    ``CHUNK`` bytes sent raw (bytes, not turns: a raw turn moves what CRIU wrote by then, often a few KiB)."""
 
     def __init__(self) -> None:
         self.misses = 0
-        self.seen = 0
+        self.raw_since = 0
 
     def try_next(self) -> bool:
-        self.seen += 1
-        return self.misses < GIVE_UP or self.seen % PROBE == 0
+        return self.misses < GIVE_UP or self.raw_since >= PROBE * CHUNK
 
     def result(self, paid: bool, tried: bool) -> None:
         if tried:
             self.misses = 0 if paid else self.misses + 1
+            self.raw_since = 0
+
+    def skipped(self, n: int) -> None:
+        """``n`` bytes crossed raw without a try."""
+        self.raw_since += n
 
 
 class Gate:
@@ -141,6 +147,7 @@ class PageEncoder:
         self.src, self.out, self.on_bytes = src, out, on_bytes
         self.raw = self.wire = 0
         self.compressed_chunks = self.raw_chunks = 0
+        self.tried_bytes = 0   # read into this process and given to zstd
         self.choice = Choice()
         self.gate = gate or Gate(workers)
         self._local = threading.local()
@@ -173,6 +180,7 @@ class PageEncoder:
                 if len(chunk) < SMALL:
                     pending.append((None, chunk, False))
                 else:
+                    self.tried_bytes += len(chunk)
                     pending.append((self._pool.submit(self._compress, chunk), chunk, True))
                 while len(pending) >= PENDING or (pending and pending[0][0] is not None and pending[0][0].done()):
                     self._write(*pending.popleft())
@@ -225,6 +233,7 @@ class PageEncoder:
             left -= k
         self.wire += n
         self.gate.wrote(n, 0.0)
+        self.choice.skipped(n)
         self._counted(n)
         self.raw_chunks += 1
 
