@@ -25,11 +25,10 @@ import signal
 import time
 from pathlib import Path
 
-from agents.dockerd import Docker
-from agents.paths import replace_json, require_private_dir
+from agents import paths
+from agents.paths import replace_json
 from migrate.errors import MigrationError, PreflightError
 
-WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
 JOURNAL = "journal.json"
 CHECKPOINT = "migration"   # the images' directory in a work dir (Docker's checkpoint name there)
 IMAGES = "images"          # archive prefix of the images in a transfer
@@ -95,14 +94,8 @@ def stop_owner(owner: dict) -> bool:
 # ---------------------------------------------------------------- work directories and journals
 @functools.cache
 def work_root() -> Path:
-    """Where migrations keep their files on this host: ``$CMIGRATE_WORK_ROOT`` or beside Docker's own data."""
-    if os.environ.get("CMIGRATE_WORK_ROOT"):
-        return require_private_dir(Path(os.environ["CMIGRATE_WORK_ROOT"]), "CMIGRATE_WORK_ROOT")
-    dk = Docker()
-    try:
-        return dk.root_dir / WORK_DIR
-    finally:
-        dk.close()
+    """Where migrations keep their files on this host (agents/paths.py ``work_root``), found once."""
+    return paths.work_root()
 
 
 def workdir(migration_id: str, role: str, create: bool = False) -> Path:

@@ -122,16 +122,42 @@ def error_message(exc: BaseException, call_id: int | None = None) -> dict:
             "detail": traceback.format_exc(limit=5), "id": call_id}
 
 
+class _Loading(threading.Thread):
+    """The operations' modules (Docker's SDK and requests among them: ~0.1 s of imports), loaded while the hello
+    goes out: the CLI's first call, not the hello, waits for them, and meanwhile the CLI goes on with its other
+    host."""
+
+    def __init__(self) -> None:
+        super().__init__(name="imports", daemon=True)
+        self.session = self.ops = self.error = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            from agents.session import Session
+            self.ops = operations()
+            self.session = Session()
+        except BaseException as exc:   # raised in the serving thread, where it is reported
+            self.error = exc
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.session, self.ops
+
+
 def serve(stdin, stdout, host_name: str) -> int:
-    from agents.session import Session
-    session = Session()
+    loading = _Loading()
     try:
-        return _serve(stdin, stdout, host_name, session)
+        return _serve(stdin, stdout, host_name, loading)
     finally:
-        session.end()
+        loading.join()
+        if loading.session is not None:
+            loading.session.end()
 
 
-def _serve(stdin, stdout, host_name: str, session) -> int:
+def _serve(stdin, stdout, host_name: str, loading: _Loading) -> int:
     try:
         hello = framing.recv(stdin)
     except (EOFError, framing.ProtocolError) as exc:
@@ -145,7 +171,7 @@ def _serve(stdin, stdout, host_name: str, session) -> int:
         return 2
     framing.send(stdout, {"type": "hello", "version": __version__, "protocol": PROTOCOL, "host": host_name,
                           "pid": os.getpid()})
-    ops = operations()
+    session, ops = loading.result()
     while True:
         try:
             msg = framing.recv(stdin)
@@ -186,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["attach"] and len(argv) == 2:   # the far end of a direct data link (agents/link.py)
         from agents.link import attach
-        from agents.journal import work_root
+        from agents.paths import work_root   # not the journal's: it would import Docker's SDK, ~0.1 s
         return attach(argv[1], work_root())
+    # Docker's SDK imports paramiko for its ssh:// transport, which an agent never uses (Docker is local; the data
+    # link is OpenSSH): ~65 ms of every agent's start. None in sys.modules makes that import fail, and the SDK then
+    # leaves its SSH adapter out, as it does where paramiko is not installed.
+    sys.modules.setdefault("paramiko", None)
     host_name = os.environ.get("CMIGRATE_HOST") or socket.gethostname()
     stdout = FrameStream(os.fdopen(os.dup(sys.stdout.fileno()), "wb"))
     sys.stdout = sys.stderr   # nothing but frames may reach the real stdout

@@ -8,8 +8,10 @@ name no symlink. A directory that does not exist yet is made by the agent, 0700.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -65,3 +67,43 @@ def replace_json(path: Path, data, mode: int, durable: bool = False) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+WORK_DIR = "cmigrate-migrations"   # under Docker's data root: same filesystem, so images move by hard link
+
+
+def work_root() -> Path:
+    """Where migrations keep their files on this host: ``$CMIGRATE_WORK_ROOT`` or beside Docker's own data."""
+    if os.environ.get("CMIGRATE_WORK_ROOT"):
+        return require_private_dir(Path(os.environ["CMIGRATE_WORK_ROOT"]), "CMIGRATE_WORK_ROOT")
+    return docker_root_dir() / WORK_DIR
+
+
+def docker_root_dir(timeout: float = 30.0) -> Path:
+    """Docker's data root, asked over its unix socket with the standard library (``GET /info``): a data link's
+    far end (``cmigrate-agent attach``) needs it and nothing else of Docker, and the SDK's import alone takes
+    ~0.1 s of every link's setup. Docker elsewhere than a unix socket is asked through the SDK."""
+    url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not url.startswith("unix://"):
+        from agents.dockerd import Docker
+        dk = Docker()
+        try:
+            return dk.root_dir
+        finally:
+            dk.close()
+    conn = http.client.HTTPConnection("docker", timeout=timeout)
+    try:
+        conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.sock.settimeout(timeout)
+        conn.sock.connect(url.removeprefix("unix://"))
+        conn.request("GET", "/info")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise OSError(f"Docker answered {resp.status} to /info")
+        return Path(json.loads(body)["DockerRootDir"])
+    except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+        raise PreflightError(f"cannot reach the Docker daemon at {url}: {exc}",
+                             hint="is dockerd running? set DOCKER_HOST if it listens elsewhere") from exc
+    finally:
+        conn.close()
