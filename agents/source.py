@@ -144,6 +144,7 @@ class SourceMigration:
         (agents/criu.py): a rollback is an instant thaw. With ``page_link`` its memory pages go straight into the
         direct link; with ``lazy`` (post-copy) CRIU keeps serving them after the dump. Without runc, Docker's own
         checkpoint (with exit) is used, and a rollback restores from the images."""
+        started = time.monotonic()
         cid = args["container_id"]
         work = journal.workdir(self.id, "src", create=not self.predumped)
         parent = journal.predump_dir(args["parent"]) if args.get("parent") else None
@@ -167,7 +168,7 @@ class SourceMigration:
             extra += hints
             lock = _netns_of(info) if args.get("keep_ip") else None   # the network to lock for the move
             dk.between_health_probes(info)   # no health probe into the frozen container
-            t0 = time.time()
+            t0, freeze_after = time.time(), time.monotonic() - started
             page_wire = 0
             if runc_root:
                 policy, (page_bytes, page_wire) = None, self._dump_with_runc(runc_root, info, work, parent, extra,
@@ -181,8 +182,9 @@ class SourceMigration:
                 policy, page_bytes = self._dump_with_docker(dk, info, name, work), 0
             t_dumped = time.time()
             _save_layer(upper, work, cid)
-            result = {"frozen_at": t0, "dump_seconds": t_dumped - t0, "layer_seconds": time.time() - t_dumped,
-                      "images_bytes": dir_size(work / CHECKPOINT), "restart_policy": policy,
+            # freeze_after: what this call did before it froze the container (checks, journal), not downtime
+            result = {"frozen_at": t0, "freeze_after": freeze_after, "dump_seconds": t_dumped - t0,
+                      "layer_seconds": time.time() - t_dumped, "images_bytes": dir_size(work / CHECKPOINT), "restart_policy": policy,
                       "frozen": bool(runc_root), "page_bytes": page_bytes, "page_wire_bytes": page_wire}
         finally:
             dk.close()

@@ -515,7 +515,8 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                         f"(not shrinking; default {rule.shrink:g})")
     p.add_argument("--data-path", default="auto", choices=("auto", "direct", "relay"),
                    help="direct: SOURCE sends to DESTINATION over its own ssh (it must reach DESTINATION by that "
-                        "name); relay: through this machine; auto (default): direct if it works, else relay")
+                        "name); relay: through this machine; auto (default): relay below 16 MiB to carry, else direct "
+                        "if it works, else relay")
     return p
 
 

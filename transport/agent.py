@@ -316,7 +316,10 @@ class AgentSession:
         """Drop the connection under this session: a write stuck on a dead link fails at once."""
         self.host.close()
 
-    def close(self) -> None:
+    def say_bye(self) -> None:
+        """Tell the agent to end, without waiting for it to (``close`` waits): several sessions end at once."""
+        if self._closed.is_set():
+            return
         self._closed.set()
         try:
             if self._send_lock.acquire(timeout=5):   # a keepalive stuck on a dead link must not hold us
@@ -327,6 +330,9 @@ class AgentSession:
             self.proc.stdin.close()
         except (OSError, ValueError):
             pass
+
+    def close(self) -> None:
+        self.say_bye()
         try:
             self.proc.wait(timeout=10)
         except Exception:  # a stuck agent is killed rather than waited on forever
