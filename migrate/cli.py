@@ -376,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods to compare (default: the migrations: %(default)s; clone,cold: a warm server "
                         "started from a clone of its checkpoint against a cold start)")
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
-    p.add_argument("--link", metavar="RATE[,DELAY]", help="shape hostB's link for the run with tc (tbf), e.g. "
-                   "1gbit, or 100mbit,1ms (a delay needs the kernel's netem); removed after it")
+    p.add_argument("--link", metavar="RATE[,DELAY]", help="shape hostB's link for the run, e.g. 1gbit, or "
+                   "100mbit,1ms: the rate with tc's tbf, a delay (each way) with netem, or where the kernel has "
+                   "none the lab's delay line; removed after it")
     p.add_argument("--fleet", action="store_true", help="the fleet benchmark instead: evacuate counters and 4 x 256 "
                    "MiB memhogs from hostA to hostB,hostC, --parallel 1 against the default (three-host lab)")
     p.add_argument("--fleet-counters", type=int, default=20, metavar="N", help="--fleet: counters (default 20)")

@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -208,9 +209,9 @@ def _lab_pids() -> list[int]:
     marks = (str(LAB_ROOT).encode(), str(RUN_ROOT).encode())
     mine = _ancestors()
     lab_ns = set()
-    for h in ALL_HOSTS:
+    for ns in [h.netns for h in ALL_HOSTS] + [_delay_netns(h) for h in ALL_HOSTS]:
         try:
-            lab_ns.add(os.stat(f"/run/netns/{h.netns}").st_ino)
+            lab_ns.add(os.stat(f"/run/netns/{ns}").st_ino)
         except OSError:
             pass
     found = []
@@ -575,29 +576,103 @@ LINK_DELAY = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:us|ms|s)")
 
 def shape_link(name: str, rate: str, delay: str | None = None) -> None:
     """Make a lab host's link like a real one: ``rate`` (tc's units: ``1gbit``, ``100mbit``) each way, and with
-    ``delay`` (``1ms``) that much added each way (tbf, or netem with a delay, on both ends of its veth).
+    ``delay`` (``1ms``) that much added each way. The rate is tbf's, on both ends of the host's veth; the delay is
+    netem's where the kernel has netem, else the lab's delay line (migrate/lab/delayline.py) in the link.
     ``unshape_link`` undoes it."""
     if not LINK_RATE.fullmatch(rate) or (delay is not None and not LINK_DELAY.fullmatch(delay)):
         raise LabError(f"invalid link shape {rate!r}{f', {delay!r}' if delay else ''}: give a rate like 1gbit or "
                        "100mbit, and a delay like 1ms")
     h = host(name)
-    # a delay needs netem, which some kernels lack (this build machine's: CONFIG_NET_SCH_NETEM unset); a rate
-    # alone is tbf's
-    qdisc = ["netem", "rate", rate, "limit", "100000", "delay", delay] if delay else \
-        ["tbf", "rate", rate, "burst", "1mb", "latency", "100ms"]
-    for argv in (["tc", "qdisc", "replace", "dev", h.veth, "root", *qdisc],                 # into the host
-                 [*h.nsenter, "tc", "qdisc", "replace", "dev", "eth0", "root", *qdisc]):    # out of it
-        res = _run(argv, check=False)
-        if res.status != 0:
-            unshape_link(name)
-            raise LabError(f"cannot shape {name}'s link ({' '.join(qdisc[:1])}): {res.err.strip()[-200:]}",
-                           hint="a delay needs the kernel's netem (CONFIG_NET_SCH_NETEM); give a rate alone")
+    unshape_link(name)
+    if delay and _shape_with_netem(h, rate, delay):
+        return
+    try:
+        if delay:
+            _insert_delay_line(h, _seconds(delay))
+        tbf = ["tbf", "rate", rate, "burst", "1mb", "latency", "100ms"]
+        for argv in ([*_veth_side(h), "tc", "qdisc", "replace", "dev", h.veth, "root", *tbf],   # into the host
+                     [*h.nsenter, "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf]):    # out of it
+            res = _run(argv, check=False)
+            if res.status != 0:
+                raise LabError(f"cannot shape {name}'s link (tbf): {res.err.strip()[-200:]}")
+    except BaseException:
+        unshape_link(name)
+        raise
+
+
+def _seconds(delay: str) -> float:
+    value = float(delay.rstrip("mus"))
+    return value / {"us": 1e6, "ms": 1e3, "s": 1.0}[delay.lstrip("0123456789.")]
+
+
+def _shape_with_netem(h: LabHost, rate: str, delay: str) -> bool:
+    """netem's rate and delay on both ends, if this kernel has netem (False: it has none, nothing changed)."""
+    netem = ["netem", "rate", rate, "limit", "100000", "delay", delay]
+    if _run(["tc", "qdisc", "replace", "dev", h.veth, "root", *netem], check=False).status != 0:
+        return False   # these build machines' kernels: CONFIG_NET_SCH_NETEM is not set
+    res = _run([*h.nsenter, "tc", "qdisc", "replace", "dev", "eth0", "root", *netem], check=False)
+    if res.status != 0:
+        unshape_link(h.name)
+        raise LabError(f"cannot shape {h.name}'s link (netem): {res.err.strip()[-200:]}")
+    return True
+
+
+def _delay_netns(h: LabHost) -> str:
+    return f"cmlab-dl-{h.name}"
+
+
+def _delay_links(h: LabHost) -> tuple[str, str]:
+    """The veth pair that joins the delay line to the bridge: its end in the delay namespace, its end on the
+    bridge."""
+    return f"{h.veth}-d", f"{h.veth}-b"
+
+
+def _veth_side(h: LabHost) -> list[str]:
+    """How to run a command where the host's veth is: the delay namespace while a delay line holds it."""
+    return ["nsenter", f"--net=/run/netns/{_delay_netns(h)}"] if _netns_exists(_delay_netns(h)) else []
+
+
+def _insert_delay_line(h: LabHost, seconds: float) -> None:
+    """Put a delay line between the host's veth and the bridge: the veth moves into a namespace of its own (no
+    address there, so nothing but the delay line answers on it), joined to the bridge by a new veth pair."""
+    ns, (inner, outer) = _delay_netns(h), _delay_links(h)
+    _run(["ip", "netns", "add", ns])
+    _run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns])
+    _run(["ip", "link", "set", outer, "master", BRIDGE, "up"])
+    _run(["ip", "link", "set", h.veth, "netns", ns])
+    for dev in ("lo", h.veth, inner):
+        _run(["ip", "-n", ns, "link", "set", dev, "up"])
+    log = h.state / "delayline.log"
+    # setsid --fork: a daemon of its own, not our child; it says "ready PID" once its sockets are bound
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(["setsid", "--fork", "nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m",
+                                 "migrate.lab.delayline", h.veth, inner, f"{seconds:g}"],
+                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        ready = proc.stdout.readline().split()
+        proc.stdout.close()
+        proc.wait()
+    if len(ready) != 2 or ready[0] != b"ready" or not ready[1].isdigit():
+        raise LabError(f"{h.name}'s delay line did not start", detail=_log_tail(log))
+    _write(h.state / "delayline.pid", f"{int(ready[1])}\n")
 
 
 def unshape_link(name: str) -> None:
     h = host(name)
-    _run(["tc", "qdisc", "del", "dev", h.veth, "root"], check=False)
+    _run([*_veth_side(h), "tc", "qdisc", "del", "dev", h.veth, "root"], check=False)
     _run([*h.nsenter, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+    ns = _delay_netns(h)
+    if not _netns_exists(ns):
+        return
+    pid = _read_pid(h.state / "delayline.pid")
+    if pid and _pid_alive(pid):
+        _kill(pid, timeout=5)
+    (h.state / "delayline.pid").unlink(missing_ok=True)
+    # the veth back here (the namespace of this process), on the bridge again
+    if _run(["ip", "-n", ns, "link", "set", h.veth, "netns", str(os.getpid())], check=False).status == 0:
+        _run(["ip", "link", "set", h.veth, "master", BRIDGE, "up"], check=False)
+    _run(["ip", "netns", "del", ns], check=False)   # and the pair to the bridge with it
+    if _link_exists(_delay_links(h)[1]):
+        _run(["ip", "link", "del", _delay_links(h)[1]], check=False)
 
 
 def restart_dockerd(name: str, config: dict | None = None) -> None:
@@ -749,8 +824,11 @@ def down(say: Say = lambda s: None) -> None:
         if _netns_exists(h.netns):
             say(f"{h.name}: removing network namespace {h.netns}")
             _run(["ip", "netns", "del", h.netns], check=False)
-        if _link_exists(h.veth):
-            _run(["ip", "link", "del", h.veth], check=False)
+        if _netns_exists(_delay_netns(h)):   # a delay line's, left by a shaped link (bench --link)
+            _run(["ip", "netns", "del", _delay_netns(h)], check=False)
+        for link in (h.veth, _delay_links(h)[1]):
+            if _link_exists(link):
+                _run(["ip", "link", "del", link], check=False)
     if _netns_exists(CLIENT_NETNS):
         _run(["ip", "netns", "del", CLIENT_NETNS], check=False)
     if _link_exists(CLIENT_VETH):
@@ -776,8 +854,10 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
 def leftovers() -> list[str]:
     """What of the lab is still on this machine (empty after a clean ``down``)."""
     left = []
-    left += [f"network namespace {n}" for n in [h.netns for h in ALL_HOSTS] + [CLIENT_NETNS] if _netns_exists(n)]
-    left += [f"link {name}" for name in [BRIDGE, CLIENT_VETH] + [h.veth for h in ALL_HOSTS] if _link_exists(name)]
+    left += [f"network namespace {n}" for n in [h.netns for h in ALL_HOSTS] + [_delay_netns(h) for h in ALL_HOSTS]
+             + [CLIENT_NETNS] if _netns_exists(n)]
+    left += [f"link {name}" for name in [BRIDGE, CLIENT_VETH] + [h.veth for h in ALL_HOSTS]
+             + [_delay_links(h)[1] for h in ALL_HOSTS] if _link_exists(name)]
     left += [f"process {pid}" for pid in _lab_pids() if _pid_alive(pid)]
     left += [f"mount {m}" for m in _lab_mounts()]
     left += [f"directory {d}" for d in (LAB_ROOT, RUN_ROOT) if d.exists()]

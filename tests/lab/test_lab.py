@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,36 @@ Host viaA
 """)
     with SSHHost("viaA", str(config)) as h:
         assert h.run(["sh", "-c", "echo $CMIGRATE_HOST"]).out.strip() == "hostB"
+
+
+def _connect_rtt(address: str) -> float:
+    """The shortest of ten TCP handshakes from the lab's client to ``address`` (a connect returns after one round
+    trip), in seconds."""
+    times = []
+    for _ in range(10):
+        sock = lab.client_socket()
+        try:
+            t0 = time.perf_counter()
+            sock.connect((address, 22))
+            times.append(time.perf_counter() - t0)
+        finally:
+            sock.close()
+    return min(times)
+
+
+def test_a_shaped_link_delays_that_host_alone_and_unshaping_restores_it(the_lab):
+    """bench --link 100mbit,1ms: netem where the kernel has it, else the lab's delay line (this kernel has no
+    netem): 1 ms each way on hostB's link, a round trip of at least 2 ms, hostA's link untouched."""
+    b, a = lab.host("hostB"), lab.host("hostA")
+    assert _connect_rtt(b.address) < 0.001
+    lab.shape_link("hostB", "100mbit", "1ms")
+    try:
+        assert _connect_rtt(b.address) >= 0.002
+        assert _connect_rtt(a.address) < 0.001
+        assert openssh(lab.SSH_CONFIG, "hostA", "ssh", "-F", str(lab.SSH_CONFIG), "hostB", "true").returncode == 0
+    finally:
+        lab.unshape_link("hostB")
+    assert _connect_rtt(b.address) < 0.001
+    assert f"master {lab.BRIDGE}" in subprocess.run(["ip", "-o", "link", "show", b.veth], capture_output=True,
+                                                    text=True).stdout
+    assert not Path(f"/run/netns/cmlab-dl-{b.name}").exists()
