@@ -37,8 +37,9 @@ build_pkgs=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobu
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
   libaio-dev dpkg-dev patch)
 # what the tests use: shellcheck on the scripts, `vagrant validate` on the Vagrant lab, debootstrap and git for
-# the new-machine check (tests/platforms)
-check_pkgs=(vagrant shellcheck debootstrap git)
+# the new-machine check (tests/platforms); redis-tools for the bench's database-like workload (the lab copies its
+# Redis into an image; this package runs no server on the machine)
+check_pkgs=(vagrant shellcheck debootstrap git redis-tools)
 all_pkgs=("${runtime_pkgs[@]}" "${build_pkgs[@]}" "${check_pkgs[@]}")
 mapfile -t missing < <("$repo/scripts/missing-packages.sh" "${all_pkgs[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then

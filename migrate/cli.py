@@ -209,9 +209,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.link:
         rate, _, delay = args.link.partition(",")
         link = (rate, delay or None)
+    db_sizes = [int(x) for x in args.db.split(",") if x]
+    if any(not 1 <= mib <= 16384 for mib in db_sizes):
+        raise UsageError("--db: sizes from 1 to 16384 MiB")
     trials = bench.run(sizes, dirty, args.repeats, Path(args.out), methods=methods, counter=not args.no_counter,
                        say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), procs=procs,
-                       link=link)
+                       link=link, db_sizes=db_sizes)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
         print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
@@ -376,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods to compare (default: the migrations: %(default)s; clone,cold: a warm server "
                         "started from a clone of its checkpoint against a cold start)")
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
+    p.add_argument("--db", default="", metavar="MIB[,MIB]", help="also the database-like workload: Redis holding "
+                   "about MIB MiB of text keys and values (customers, orders, sessions), e.g. 84 (default none)")
     p.add_argument("--link", metavar="RATE[,DELAY]", help="shape hostB's link for the run, e.g. 1gbit, or "
                    "100mbit,1ms: the rate with tc's tbf, a delay (each way) with netem, or where the kernel has "
                    "none the lab's delay line; removed after it")

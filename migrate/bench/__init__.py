@@ -3,8 +3,9 @@
     cmigrate bench [--sizes 64,256,1024] [--dirty 0,10,100] [--procs 1,10,50,200] [--repeats 5] [--out DIR]
 
 Workloads: the seed's counter container, ``memhog`` holding N MiB of random pages and dirtying D MB/s,
-``memhog-text`` the same with text-like pages (key=value records: zstd level 1 shrinks them 3.6x), and with
-``--procs``
+``memhog-text`` the same with text-like pages (key=value records: zstd level 1 shrinks them 3.6x), with ``--db
+MIB`` ``db``: a Redis holding about MIB MiB of customers, orders and sessions as JSON (migrate/bench/db.py; its
+digest must be the same after the move), and with ``--procs``
 ``forest-N``: N processes under docker-init passing a token round a ring of pipes, each with a second thread, and
 N/10 zombies (migrate/lab/workloads/forest.c), for the dump and restore time against the process count (the
 summary's last table: each phase's time). Every workload also
@@ -44,6 +45,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from migrate import lab
+from migrate.bench import db
 from migrate.errors import LabError
 from migrate.lab.echo import ECHO_SERVER, EchoClient
 
@@ -96,6 +98,9 @@ def _docker(host: str, *args: str, check: bool = True, timeout: float = 600):
 def _run_args(workload: str, mib: int, dirty: float, echo: bool = False) -> list[str]:
     """``echo``: on the lab's shared network, with an echo server beside the workload."""
     net = ["--network", lab.SHARED_NETWORK] if echo else []
+    if workload == "db":
+        script = f"{TICKER} {db.SERVER} & {ECHO_SERVER}" if echo else f"{TICKER} exec {db.SERVER}"
+        return [*net, "--tmpfs", "/tmp", db.IMAGE, "/bin/sh", "-c", script]
     if workload == "counter":
         script = f"{TICKER} {COUNTER}"
         if echo:
@@ -110,24 +115,54 @@ def _run_args(workload: str, mib: int, dirty: float, echo: bool = False) -> list
     return ["--tmpfs", "/tmp", "busybox", *hog]
 
 
-def _start(name: str, workload: str, mib: int, dirty: float, echo: bool = False) -> None:
-    _launch(name, workload, mib, dirty, echo)
+def _start(name: str, workload: str, mib: int, dirty: float, echo: bool = False) -> str | None:
+    """Start the workload on hostA and wait until it runs for real; the database's digest (db), else None."""
+    digest = _launch(name, workload, mib, dirty, echo)
     # right before the timed part: the hypervisor takes freed guest memory back within seconds
     warm_memory(3 * mib + 512)
+    return digest
 
 
-def _launch(name: str, workload: str, mib: int, dirty: float, echo: bool = False) -> None:
+def _launch(name: str, workload: str, mib: int, dirty: float, echo: bool = False) -> str | None:
     _docker("hostA", "run", "-d", "--name", name, *_run_args(workload, mib, dirty, echo))
+    digest = _load_db(name, mib) if workload == "db" else None
     deadline = time.monotonic() + 120
     while True:   # wait until it runs for real: memory filled, first ticks written
         out = _docker("hostA", "logs", name).stdout.decode()
         ticks = _docker("hostA", "exec", name, "sh", "-c", "wc -l < /tmp/ticks", check=False).stdout.decode()
-        ready = workload == "counter" or "verified" in out or (workload.startswith("forest-") and "ready" in out)
+        ready = workload in ("counter", "db") or "verified" in out or \
+            (workload.startswith("forest-") and "ready" in out)
         if ready and ticks.strip().isdigit() and int(ticks) > 20:
-            return
+            return digest
         if time.monotonic() > deadline:
             raise LabError(f"workload {name} did not get ready: {out[-200:]}")
         time.sleep(0.2)
+
+
+def _redis(host: str, name: str, *command: str, check: bool = True, input: bytes | None = None) -> str:
+    return _ssh(host, DOCKER, "exec", *(["-i"] if input is not None else []), name, "redis-cli", *command,
+                check=check, input=input).stdout.decode().strip()
+
+
+def _load_db(name: str, mib: int) -> str:
+    """Fill the database with about ``mib`` MiB of records (migrate/bench/db.py); its digest once loaded."""
+    deadline = time.monotonic() + 30
+    while _redis("hostA", name, "PING", check=False) != "PONG":
+        if time.monotonic() > deadline:
+            raise LabError(f"{name}: Redis did not start")
+        time.sleep(0.1)
+    n = db.count_for(mib)
+    # streamed, not joined: this process's memory must not grow by the data set (the CLI's peak RSS, measured by
+    # wait4, counts what its parent held when it forked)
+    loader = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), "hostA", shlex.join([DOCKER, "exec", "-i", name,
+                                                                                       "redis-cli", "--pipe"])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for chunk in db.resp(db.records(n)):
+        loader.stdin.write(chunk)
+    loaded, _ = loader.communicate(timeout=600)
+    if loader.returncode != 0 or _redis("hostA", name, "DBSIZE") != str(n):
+        raise LabError(f"{name}: loading {n} records failed: {loaded.decode(errors='replace')[-200:]}")
+    return _redis("hostA", name, "DEBUG", "DIGEST")
 
 
 def _max_gap(host: str, name: str) -> float:
@@ -136,7 +171,10 @@ def _max_gap(host: str, name: str) -> float:
     return max(b - a for a, b in zip(ticks, ticks[1:]))
 
 
-def _verified_after(host: str, name: str) -> bool:
+def _verified_after(host: str, name: str, digest: str | None = None) -> bool:
+    """No memhog page came back corrupt; the database (``digest``) holds every key and value it held."""
+    if digest is not None and _redis(host, name, "DEBUG", "DIGEST", check=False) != digest:
+        return False
     out = _docker(host, "logs", name).stdout.decode()
     return "CORRUPT" not in out
 
@@ -157,7 +195,7 @@ def _wait4(argv: list[str], env: dict | None = None) -> tuple[int, bytes, int]:
 
 def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "auto", keep_ip: bool = False,
                    extra: tuple[str, ...] = ()) -> Trial:
-    _start(name, *cfg, echo=keep_ip)
+    digest = _start(name, *cfg, echo=keep_ip)
     client = _echo_client(name) if keep_ip else None
     cli = str(Path(sys.prefix) / "bin" / "cmigrate")
     t0 = time.monotonic()
@@ -175,7 +213,7 @@ def trial_cmigrate(name, cfg, repeat, method: str = "cmigrate", mode: str = "aut
     except ValueError:
         return Trial(*cfg, method, repeat, None, None, total, 0, usage.ru_maxrss, None, None, False,
                      (out + err).decode(errors="replace")[-200:])
-    ok = proc.returncode == 0 and _verified_after("hostB", name) and not problem
+    ok = proc.returncode == 0 and _verified_after("hostB", name, digest) and not problem
     rss = rep.get("agent_peak_rss_kib", {})
     return Trial(*cfg, method, repeat, _max_gap("hostB", name), rep["downtime"], total, rep["wire_bytes"],
                  usage.ru_maxrss, rss.get("source"), rss.get("destination"), ok, problem,
@@ -226,7 +264,7 @@ def trial_keepip_postcopy(name, cfg, repeat) -> Trial:
 
 
 def trial_naive(name, cfg, repeat) -> Trial:
-    _start(name, *cfg)
+    digest = _start(name, *cfg)
     cdir = f"/var/lib/cmigrate-lab/bench-{name}"
     workload, mib, dirty = cfg
     _docker("hostB", "create", "--name", name, *_run_args(workload, mib, dirty))
@@ -250,7 +288,7 @@ def trial_naive(name, cfg, repeat) -> Trial:
     _docker("hostA", "rm", "-f", name)
     wire = int(receiver.stdout.split()[0]) if receiver.stdout.split() else 0
     return Trial(*cfg, "naive", repeat, _max_gap("hostB", name), None, total, wire, None, None, None,
-                 _verified_after("hostB", name))
+                 _verified_after("hostB", name, digest))
 
 
 def trial_raw(name, cfg, repeat) -> Trial:
@@ -328,7 +366,8 @@ TRIALS = {"clone": trial_clone, "cold": trial_cold, "cmigrate": trial_cmigrate,
 
 
 def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=MIGRATIONS, counter: bool = True,
-        say=print, procs: list[int] = (), link: tuple[str, str | None] | None = None) -> list[Trial]:
+        say=print, procs: list[int] = (), link: tuple[str, str | None] | None = None,
+        db_sizes: list[int] = ()) -> list[Trial]:
     """The trials, alternating methods; ``link``: (rate, delay) for hostB's link for the run (``lab.shape_link``),
     the raw floor measured on it too."""
     lab.up()
@@ -337,14 +376,14 @@ def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=M
         lab.shape_link("hostB", *link)
         say(f"hostB's link shaped: {link[0]}" + (f", {link[1]} each way" if link[1] else ""))
     try:
-        return _run(sizes, dirty, repeats, out, methods, counter, say, procs)
+        return _run(sizes, dirty, repeats, out, methods, counter, say, procs, db_sizes)
     finally:
         if link:
             lab.unshape_link("hostB")
 
 
-def _run(sizes, dirty, repeats, out, methods, counter, say, procs) -> list[Trial]:
-    configs = ([("counter", 0, 0.0)] if counter else []) + \
+def _run(sizes, dirty, repeats, out, methods, counter, say, procs, db_sizes=()) -> list[Trial]:
+    configs = ([("counter", 0, 0.0)] if counter else []) + [("db", mib, 0.0) for mib in db_sizes] + \
         [(kind, s, d) for s in sizes for d in dirty for kind in ("memhog", "memhog-text")] + \
         [(f"forest-{n}", 0, 0.0) for n in procs]
     if any(m in STARTS for m in methods):

@@ -353,16 +353,43 @@ def busybox_rootfs_tar(busybox: str = "/bin/busybox") -> bytes:
     return buf.getvalue()
 
 
-def import_test_image(h: LabHost, rootfs: bytes) -> None:
+# the bench's database-like workload (migrate/bench/db.py): Debian's Redis (redis-tools ships the server as
+# redis-check-rdb, which serves when named redis-server) and its libraries, on the test image's root filesystem
+DB_IMAGE = "cmlab-db:latest"
+REDIS = {"usr/bin/redis-server": "/usr/bin/redis-check-rdb", "usr/bin/redis-cli": "/usr/bin/redis-cli"}
+
+
+def db_rootfs_tar(base: bytes) -> bytes | None:
+    """The test image's root filesystem with Redis added; None where redis-tools is not installed."""
+    if not all(Path(src).exists() for src in REDIS.values()):
+        return None
+    libs: set[str] = set()
+    for src in REDIS.values():
+        for line in _run(["ldd", src]).out.splitlines():
+            path = line.split("=>")[-1].split("(")[0].strip()
+            if path.startswith("/"):
+                libs.add(path)
+    buf = io.BytesIO(base)
+    with tarfile.open(fileobj=buf, mode="a") as tar:
+        for name, src in [*REDIS.items(), *((lib.lstrip("/"), lib) for lib in sorted(libs))]:
+            data = Path(src).read_bytes()   # the file a symlink names, under the symlink's name
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def import_test_image(h: LabHost, rootfs: bytes, image: str = TEST_IMAGE) -> None:
+    repository, tag = image.rsplit(":", 1)
     client = docker_client(h)
     try:
         client.api.import_image_from_data(
-            rootfs, repository="busybox", tag="latest",
+            rootfs, repository=repository, tag=tag,
             changes=['CMD ["sh"]', "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                      f"LABEL {TEST_IMAGE_LABEL}=test-image"])
-        client.images.get(TEST_IMAGE)
+        client.images.get(image)
     except Exception as exc:
-        raise LabError(f"cannot import the test image into {h.name}'s dockerd: {exc}") from exc
+        raise LabError(f"cannot import the test image {image} into {h.name}'s dockerd: {exc}") from exc
     finally:
         client.close()
 
@@ -765,6 +792,7 @@ def up(say: Say = lambda s: None, n_hosts: int | None = None) -> None:
             _start_sshd(h)
             _start_dockerd(h)
         rootfs = busybox_rootfs_tar()
+        db_rootfs = db_rootfs_tar(rootfs)
         for h in lab_hosts:
             _wait(lambda: _ssh_banner(h.address), READY_TIMEOUT, f"{h.name}'s sshd at {h.address}:22")
             try:
@@ -775,6 +803,8 @@ def up(say: Say = lambda s: None, n_hosts: int | None = None) -> None:
             say(f"{h.name}: dockerd {_docker_version(h)} ready; importing test image {TEST_IMAGE}, network "
                 f"{SHARED_NETWORK}")
             import_test_image(h, rootfs)
+            if db_rootfs is not None:
+                import_test_image(h, db_rootfs, DB_IMAGE)
             _make_shared_network(h)
     except BaseException:
         say("lab up failed; removing what it created")
