@@ -17,7 +17,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from agents.dockerd import Docker, criu_config_for_cmigrate, criu_failure, criu_
 from agents.journal import CHECKPOINT
 from migrate.errors import CheckpointError, MigrationError, RestoreError, TransportError
 from migrate.hostinfo import CRIU_LAZY_PIPE_BYTES
-from transport import pagecodec
 from transport.errors import SessionLost
 
 RUNC_TIMEOUT = 600.0   # the longest runc call is a dump of a large container: minutes at worst, never forever
@@ -139,14 +137,13 @@ def thaw(runc_root: Path, cid: str) -> subprocess.CompletedProcess:
 
 
 def freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, on_bytes=None,
-                peer: str = "the destination", parent: str | None = None, criu_extra: str = "",
-                compress: bool = False) -> tuple[int, int]:
+                peer: str = "the destination", parent: str | None = None, criu_extra: str = "") -> tuple[int, int]:
     """Freeze with runc and dump with ``--leave-running``: CRIU finds the cgroup frozen and leaves it so (no
     100 ms freezer polling either). Docker's checkpoint would copy the images through containerd's content
     store twice, seconds per 100 MB, all of it frozen time. With ``conn`` the pages go into that link (CRIU's
-    page server at its far end), zstd-compressed where that pays with ``compress`` (transport/pagecodec.py: the far
-    end decodes); ``parent``: pre-copy's last pre-dump. Returns the page bytes streamed, and those on the link. On
-    failure the container is thawed and runs on."""
+    page server at its far end), zstd-compressed where that pays if the link was opened for framed pages
+    (transport/pagecodec.py: its far end decodes them); ``parent``: pre-copy's last pre-dump. Returns the page
+    bytes streamed, and those on the link. On failure the container is thawed and runs on."""
     images, scratch = _freeze(runc_root, cid, work)
     argv = ["checkpoint", "--leave-running", *runc_flags(criu_extra), "--image-path", str(images), "--work-path",
             str(scratch)]
@@ -155,7 +152,7 @@ def freeze_dump(runc_root: Path, cid: str, work: Path, conn: link.Link | None, o
     stream = None
     try:
         if conn is not None:
-            stream = link.CriuStream(conn, on_bytes=on_bytes, compress=compress)
+            stream = link.CriuStream(conn, on_bytes=on_bytes)
             argv += ["--page-server", link.UNUSED_PAGE_SERVER]
         env = criu_env(work, criu_extra + (stream.criu.criu_config if stream is not None else ""))
         res = runc(runc_root, *argv, cid, env=env, pass_fds=(stream.criu.fd,) if stream is not None else ())
@@ -294,32 +291,18 @@ def stop_frozen(dk: Docker, cid: str) -> None:
 
 
 # ---------------------------------------------------------------- destination: the pages arrive
-def page_server(conn: link.SocketReader, images: Path, cli: int | None, timeout: float | None = None,
-                compressed: bool = False) -> int:
+def page_server(conn: link.SocketReader, images: Path, cli: int | None, timeout: float | None = None) -> None:
     """The first part of the stream is CRIU's page-server protocol: ``criu page-server`` reads it straight from
-    the link's socket and writes the pages into the images; it stops at the dump's last message. ``compressed``:
-    the pages come in frames (transport/pagecodec.py), decoded into a socketpair the page server reads, up to
-    their end frame. ``cli``: the CLI's session, whose end means it is gone; ``timeout``: how long the pages may
-    stop coming. Returns the bytes the pages took on the link."""
+    the link's socket and writes the pages into the images; it stops at the dump's last message. (Compressed
+    pages were decoded into that protocol already, by the link's far end: ``attach --pages``.) ``cli``: the
+    CLI's session, whose end means it is gone; ``timeout``: how long the pages may stop coming."""
     sock = conn.conn
-    decoder = None
-    if compressed:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        decoder = pagecodec.PageDecoder(sock, mine)
-        fd = theirs.fileno()
-    else:
-        sock.setblocking(True)   # CRIU reads the descriptor as it is
-        fd = sock.fileno()
+    sock.setblocking(True)   # CRIU reads the descriptor as it is
+    fd = sock.fileno()
     log = images.parent / "page-server.log"
-    try:
-        proc = subprocess.Popen(["criu", "page-server", "--images-dir", str(images), "--work-dir",
-                                 str(images.parent), "--log-file", log.name, "-v2", "--ps-socket", str(fd)],
-                                pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    finally:
-        if decoder is not None:
-            theirs.close()   # the page server has its own: its exit ends the answers
-    if decoder is not None:
-        decoder.start()
+    proc = subprocess.Popen(["criu", "page-server", "--images-dir", str(images), "--work-dir", str(images.parent),
+                             "--log-file", log.name, "-v2", "--ps-socket", str(fd)],
+                            pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _watch_page_server(proc, cli, timeout)
     finally:
@@ -328,20 +311,10 @@ def page_server(conn: link.SocketReader, images: Path, cli: int | None, timeout:
         proc.wait()
         err = proc.stderr.read().decode(errors="replace")
         proc.stderr.close()
-        broken = decoder.join() if decoder is not None else None
-        if decoder is not None:
-            mine.close()
     sock.settimeout(conn.timeout)
-    if broken is not None and not isinstance(broken, OSError):
-        raise TransportError(f"the memory pages arrived corrupt: {broken}")
     if proc.returncode != 0:
-        if broken is not None:
-            raise TransportError(f"the data link broke while the memory pages arrived: {broken}")
         raise criu_failure(RestoreError, "receiving the memory pages", log,
                            err.strip() or f"exit status {proc.returncode}", speaker="CRIU's page server")
-    if broken is not None:
-        raise TransportError(f"the data link broke after the memory pages: {broken}")
-    return decoder.wire if decoder is not None else 0
 
 
 def _watch_page_server(proc: subprocess.Popen, cli: int | None, timeout: float | None) -> None:

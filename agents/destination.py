@@ -375,8 +375,7 @@ def _receive_verified(listener: link.Listener, targets: dict[str, Path], args: d
     reader = streams.FrameReader(conn)
     try:
         if args.get("pages"):
-            criu.page_server(conn, targets[IMAGES], cli, args.get("io_timeout"),
-                             compressed=bool(args.get("compress_pages")))
+            criu.page_server(conn, targets[IMAGES], cli, args.get("io_timeout"))
         try:
             written = streams.receive_tree(reader, targets)
             end = reader.drain()

@@ -161,11 +161,14 @@ class Link:
     """The source's end: an OpenSSH process whose stdin reaches the destination agent's socket."""
 
     def __init__(self, target: str, sock_path: str, token: str, agent: str, io_timeout: float | None,
-                 pin: dict | None = None) -> None:
+                 pin: dict | None = None, framed_pages: bool = False) -> None:
+        """``framed_pages``: the stream opens with the dump's pages in frames (transport/pagecodec.py), which the
+        far end's ``attach --pages`` decodes."""
         self.target = target
+        self.framed_pages = framed_pages
         self.known_hosts = pin_file(pin, f"{os.getpid()}-{secrets.token_hex(8)}") if pin is not None else None
-        self.proc = subprocess.Popen(ssh_argv(target, [agent, "attach", sock_path], io_timeout, pin,
-                                              self.known_hosts),
+        remote = [agent, "attach", sock_path] + (["--pages"] if framed_pages else [])
+        self.proc = subprocess.Popen(ssh_argv(target, remote, io_timeout, pin, self.known_hosts),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.relays: list[CriuStream] = []
         for pipe in (self.proc.stdin, self.proc.stdout):
@@ -302,6 +305,7 @@ class CriuSocket:
     def __init__(self) -> None:
         import fcntl
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pagecodec.deepen(theirs)   # CRIU's writes: room to run ahead of whatever joins them to the link
         self.sock = mine
         self.fd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, CRIU_FD_FLOOR)
         theirs.close()
@@ -334,9 +338,10 @@ class CriuStream:
     chunk as it goes."""
 
     def __init__(self, conn: Link, criu: CriuSocket | None = None, on_bytes=None,
-                 far_end_closes: bool = False, compress: bool = False) -> None:
+                 far_end_closes: bool = False) -> None:
         self.link, self.on_bytes, self.far_end_closes = conn, on_bytes, far_end_closes
-        self.compress = compress and not far_end_closes   # transport/pagecodec.py; the far end decodes
+        # in frames (transport/pagecodec.py) where the link's far end decodes them
+        self.compress = conn.framed_pages and not far_end_closes
         self.criu = criu or CriuSocket()
         self.sock: socket.socket = self.criu.sock
         self.sock.setblocking(True)
@@ -437,8 +442,10 @@ def attachable(sock_path: str, work_root: Path) -> str | None:
     return None
 
 
-def attach(sock_path: str, work_root: Path) -> int:
-    """``cmigrate-agent attach SOCK``: join stdin/stdout (the SSH session) to the destination agent's socket."""
+def attach(sock_path: str, work_root: Path, pages: bool = False) -> int:
+    """``cmigrate-agent attach SOCK [--pages]``: join stdin/stdout (the SSH session) to the destination agent's
+    socket. ``pages``: after the greeting the stream opens with the dump's pages in frames, decoded here into
+    CRIU's page-server protocol (transport/pagecodec.py), so that the agent gets what an unframed stream carries."""
     refused = attachable(sock_path, work_root)
     if refused is not None:
         print(f"cmigrate-agent attach: refused {sock_path}: {refused}", file=sys.stderr)
@@ -452,6 +459,15 @@ def attach(sock_path: str, work_root: Path) -> int:
     os.write(1, b"attached\n")
     threading.Thread(target=_answers, args=(sock,), daemon=True).start()
     try:
+        if pages:
+            greeting = pagecodec.PageDecoder(0, sock)._exactly(GREETING_LEN)   # the agent checks it
+            sock.sendall(greeting)
+            try:
+                pagecodec.PageDecoder(0, sock).run()
+            except pagecodec.CorruptStream as exc:
+                print(f"cmigrate-agent attach: the memory pages arrived corrupt: {exc}", file=sys.stderr)
+                _reset(sock)   # the page server must fail now, not wait for the rest
+                return 1
         try:
             _splice_all(0, sock.fileno())   # zero-copy where sshd gave us a pipe
         except OSError as exc:

@@ -210,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("--version", "-V"):
         print(f"cmigrate-agent {__version__} protocol {PROTOCOL}")
         return 0
-    if argv[:1] == ["attach"] and len(argv) == 2:   # the far end of a direct data link (agents/link.py)
+    if argv[:1] == ["attach"] and len(argv) in (2, 3) and argv[2:] in ([], ["--pages"]):   # agents/link.py
         from agents.link import attach
         from agents.paths import work_root   # not the journal's: it would import Docker's SDK, ~0.1 s
-        return attach(argv[1], work_root())
+        return attach(argv[1], work_root(), pages=argv[2:] == ["--pages"])
     # Docker's SDK imports paramiko for its ssh:// transport, which an agent never uses (Docker is local; the data
     # link is OpenSSH): ~65 ms of every agent's start. None in sys.modules makes that import fail, and the SDK then
     # leaves its SSH adapter out, as it does where paramiko is not installed.

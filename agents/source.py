@@ -101,7 +101,8 @@ class SourceMigration:
         if kind in self.links:
             self.links.pop(kind).close()
         self.links[kind] = link.Link(args["target"], args["socket"], args["token"],
-                                     args.get("agent") or "cmigrate-agent", args.get("io_timeout"), args.get("pin"))
+                                     args.get("agent") or "cmigrate-agent", args.get("io_timeout"), args.get("pin"),
+                                     framed_pages=kind == "data" and bool(args.get("framed_pages")))
         return {"connected": True}
 
     def _link(self, kind: str, missing: str) -> link.Link:
@@ -196,8 +197,8 @@ class SourceMigration:
     def _dump_with_runc(self, runc_root: Path, info: dict, work: Path, parent: str | None, extra: str,
                         lock: str | None, args: dict, ch) -> tuple[int, int]:
         """Freeze and dump through runc (``extra``: CRIU options; ``lock``: the network namespace to lock first,
-        --keep-ip). Returns the page bytes streamed and the bytes they took on the link (``compress_pages``: zstd
-        chunks where they pay). On failure the container is thawed and unlocked already."""
+        --keep-ip). Returns the page bytes streamed and the bytes they took on the link (in zstd chunks where they
+        pay, if the link was opened for framed pages). On failure the container is thawed and unlocked already."""
         cid, name = info["Id"], info["Name"].lstrip("/")
         if args.get("lazy"):
             pages = self._link("pages", "no page link was opened for this post-copy migration")
@@ -214,8 +215,7 @@ class SourceMigration:
         try:
             _lock_network(lock, cid)
             return criu.freeze_dump(runc_root, cid, work, conn, _throttled(ch),
-                                    args.get("destination") or "the destination", parent, extra,
-                                    compress=bool(args.get("compress_pages")))
+                                    args.get("destination") or "the destination", parent, extra)
         except MigrationError as exc:   # thawed already; the destination never got the files to restore
             _unlock_network(lock)
             shutil.rmtree(work, ignore_errors=True)

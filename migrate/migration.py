@@ -256,6 +256,7 @@ class _Migration:
         self.keep_ip = False     # the same address on the destination, connections kept (CRIU's tcp-established)
         self.ignore_cpu = False  # the destination's CPU may lack what the source's has (agents/cpu.py)
         self.file_locks = False  # the destination restores file locks: the dump carries them (CRIU's file-locks)
+        self.framed_pages = False   # the dump's pages cross the direct link in frames (transport/pagecodec.py)
         self.t_freeze = 0.0
         self.fault = Injector()   # CMIGRATE_FAULT (migrate/faults.py); nothing unless set
 
@@ -396,6 +397,12 @@ class _Migration:
         SSH handshake (source -> destination) runs."""
         r = self.report
         t = time.monotonic()
+        # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
+        # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab);
+        # in frames, compressed where that pays, unless compression is off (the link's far end decodes them)
+        streams = not self.keep_source and r.mode == "stop-copy" and \
+            {"always": True, "never": False}.get(self.stream_pages, info["memory_bytes"] >= STREAM_PAGES_FROM)
+        self.framed_pages = streams and self.page_compression == "auto"
         connecting = self._wants_link(info) and self._start_link()
         created = self.dst.call("dest.create", name=info["name"], image=image, config=info["config"],
                                 host_config=info["host_config"], networks=info["networks"],
@@ -418,11 +425,7 @@ class _Migration:
                 r.data_path = "direct"
             except MigrationError as exc:
                 self._no_link(exc)
-        # pages straight into the link, unless the source must keep a complete checkpoint of its own, or there are
-        # too few of them to repay the page-server protocol's round trips over SSH (~0.2 s measured on the lab)
-        r.pages_streamed = (r.data_path == "direct" and not self.keep_source and r.mode == "stop-copy"
-                            and {"always": True, "never": False}.get(self.stream_pages,
-                                                                      info["memory_bytes"] >= STREAM_PAGES_FROM))
+        r.pages_streamed = r.data_path == "direct" and streams
         self.phase("create", t)
 
     def _freeze(self, info: dict, parent: str | None) -> None:
@@ -521,7 +524,7 @@ class _Migration:
         except MigrationError as exc:
             self._no_link(exc)
             return False
-        self.src.start("source.connect", **self._connect_args(listen))
+        self.src.start("source.connect", framed_pages=self.framed_pages, **self._connect_args(listen))
         return True
 
     def _no_link(self, exc: MigrationError) -> None:
@@ -563,14 +566,13 @@ class _Migration:
         r = self.report
         t = time.monotonic()
         lazy = r.mode == "post-copy"
-        compress = r.pages_streamed and self.page_compression == "auto"
         self.dst.start("dest.receive", direct=True, pages=r.pages_streamed, restore_id=self.dst_id, lazy=lazy,
-                       compress_pages=compress, **receive_args)
+                       **receive_args)
         on_bytes = self._bytes("checkpoint")
         try:
             dump = self.dump = self.src.call("source.dump", container_id=info["id"], migration_id=self.id,
                                              destination=self.dst_name, parent=parent,
-                                             page_link=r.pages_streamed, compress_pages=compress,
+                                             page_link=r.pages_streamed,
                                              send=send_args, lazy=lazy,
                                              external_netns=self.external_netns, tcp_close=self.tcp_close,
                                              keep_ip=self.keep_ip, file_locks=self.file_locks,

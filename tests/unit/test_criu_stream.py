@@ -20,6 +20,7 @@ class FakeLink:
         from_far_r, self.from_far_w = os.pipe()
         self.proc = SimpleNamespace(stdin=os.fdopen(to_far_w, "wb"), stdout=os.fdopen(from_far_r, "rb"))
         self.relays: list = []
+        self.framed_pages = False
 
     def far_end_gone(self) -> None:
         os.close(self.from_far_w)

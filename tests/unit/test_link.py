@@ -137,3 +137,54 @@ def test_the_direct_link_goes_to_the_address_and_key_the_cli_verified(tmp_path, 
     stale.write_text("x")
     mine = link.pin_file(pin, f"{os.getpid()}-m3")
     assert not stale.exists() and mine.exists() and known.exists()
+
+
+def _attach_pages(tmp_path, stream: bytes) -> tuple[bytes, int, str]:
+    """``cmigrate-agent attach SOCK --pages`` as sshd runs it (its stdin a pipe), fed ``stream`` after the
+    greeting: what the destination agent reads, attach's exit status and its stderr."""
+    import subprocess
+    import sys
+    root = tmp_path / "work"
+    (root / "0123abcd-dst").mkdir(parents=True)
+    os.chmod(root, 0o700)
+    listener = link.Listener(root / "0123abcd-dst")
+    proc = subprocess.Popen([sys.executable, "-m", "agents.main", "attach", str(listener.path), "--pages"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "CMIGRATE_WORK_ROOT": str(root)})
+    assert proc.stdout.readline() == b"attached\n"
+    greeting = link.MAGIC + listener.token.encode() + b"\n"
+    writer = threading.Thread(target=lambda: (proc.stdin.write(greeting + stream), proc.stdin.close()))
+    writer.start()
+    reader = listener.accept(timeout=10)
+    got = b""
+    try:
+        while chunk := reader.read(1 << 16):
+            got += chunk
+    except TransportError:   # a reset: the page server fails at once
+        got += b"<reset>"
+    reader.close()
+    writer.join()
+    err = proc.stderr.read().decode()
+    proc.stdout.close()
+    proc.stderr.close()
+    return got, proc.wait(timeout=10), err
+
+
+def test_attach_decodes_the_framed_pages_then_passes_the_rest(tmp_path):
+    """The agent gets what an unframed stream carries: CRIU's protocol, then the files' frames untouched."""
+    import zstandard
+    from transport import pagecodec
+    text = b"customer=42;order=7;" * 10000
+    packed = zstandard.ZstdCompressor(level=1).compress(text)
+    stream = (pagecodec.HEADER.pack(pagecodec.RAW, 5) + b"hello" + pagecodec.HEADER.pack(pagecodec.ZSTD, len(packed))
+              + packed + pagecodec.HEADER.pack(pagecodec.END, 0) + b"FILE FRAMES")
+    got, status, err = _attach_pages(tmp_path, stream)
+    assert status == 0, err
+    assert got == b"hello" + text + b"FILE FRAMES"
+
+
+def test_attach_resets_the_agent_s_socket_on_corrupt_pages(tmp_path):
+    from transport import pagecodec
+    got, status, err = _attach_pages(tmp_path, pagecodec.HEADER.pack(pagecodec.ZSTD, 10) + b"not zstd!!" + b"x" * 100)
+    assert status == 1 and "the memory pages arrived corrupt" in err, err
+    assert got.endswith(b"<reset>") or got == b"", got
