@@ -17,8 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-import zstandard
-
 from agents import checkpoint, connections, cpu, criu, file_locks, journal, link, netlock, rootfs, watches
 from agents.checkpoint import META_DIR, lock_down, resume_after_failure, dir_size, this_host
 from agents.dockerd import Docker
@@ -497,7 +495,7 @@ def send_image(args: dict, ch) -> dict:
     try:
         writer = streams.FrameWriter(ch.stdout)
         raw = 0
-        cctx = zstandard.ZstdCompressor(level=args.get("level", 3), threads=args.get("threads", -1))
+        cctx = streams.compressor(args.get("level", 3), args.get("threads", -1))
         try:
             with cctx.stream_writer(writer, closefd=False) as z:
                 for chunk in dk.api.get_image(args["image"], chunk_size=streams.CHUNK):

@@ -44,7 +44,7 @@ def write(out: IO[bytes], manifest: dict, sources: list[streams.Source], *, leve
           threads: int = -1) -> int:
     """Write the archive to ``out``: ``manifest`` (with ``members`` from ``digests(sources)``), then the files.
     Returns the bytes of files written (before compression)."""
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+    cctx = streams.compressor(level, threads)
     with cctx.stream_writer(out, closefd=False) as z:
         with tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             return _write_members(tar, manifest, sources)
