@@ -205,16 +205,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not args.quiet:
             print((Path(args.out) / "fleet.md").read_text())
         return 0 if all(t.moved == t.went_on == t.containers for t in trials) else 1
-    link = None
-    if args.link:
-        rate, _, delay = args.link.partition(",")
-        link = (rate, delay or None)
+    from migrate import lab
+    links = []
+    for spec in args.link or ["none"]:
+        rate, _, delay = spec.partition(",")
+        if spec != "none" and (not lab.LINK_RATE.fullmatch(rate) or (delay and not lab.LINK_DELAY.fullmatch(delay))):
+            raise UsageError(f"--link {spec!r}: give RATE[,DELAY] like 1gbit or 100mbit,1ms, or none")
+        links.append(None if spec == "none" else (rate, delay or None))
+    link_sizes = None if args.link_sizes is None else [int(x) for x in args.link_sizes.split(",") if x]
     db_sizes = [int(x) for x in args.db.split(",") if x]
     if any(not 1 <= mib <= 16384 for mib in db_sizes):
         raise UsageError("--db: sizes from 1 to 16384 MiB")
     trials = bench.run(sizes, dirty, args.repeats, Path(args.out), methods=methods, counter=not args.no_counter,
                        say=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), procs=procs,
-                       link=link, db_sizes=db_sizes)
+                       links=links, db_sizes=db_sizes, link_sizes=link_sizes)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
         print(f"results: {args.out}/results.csv, {args.out}/summary.md, {args.out}/plot.png")
@@ -381,9 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-counter", action="store_true", help="skip the seed's counter container")
     p.add_argument("--db", default="", metavar="MIB[,MIB]", help="also the database-like workload: Redis holding "
                    "about MIB MiB of text keys and values (customers, orders, sessions), e.g. 84 (default none)")
-    p.add_argument("--link", metavar="RATE[,DELAY]", help="shape hostB's link for the run, e.g. 1gbit, or "
-                   "100mbit,1ms: the rate with tc's tbf, a delay (each way) with netem, or where the kernel has "
-                   "none the lab's delay line; removed after it")
+    p.add_argument("--link", metavar="RATE[,DELAY]", action="append", default=[],
+                   help="shape hostB's link for the run, e.g. 1gbit, or 100mbit,1ms: the rate with tc's tbf, a "
+                   "delay (each way) with netem, or where the kernel has none the lab's delay line; removed after "
+                   "it. Repeatable: every workload runs on each link in turn ('none': the lab's link as it is)")
+    p.add_argument("--link-sizes", default=None, metavar="MIB[,MIB]", help="the memhog sizes on shaped links "
+                   "(default: --sizes)")
     p.add_argument("--fleet", action="store_true", help="the fleet benchmark instead: evacuate counters and 4 x 256 "
                    "MiB memhogs from hostA to hostB,hostC, --parallel 1 against the default (three-host lab)")
     p.add_argument("--fleet-counters", type=int, default=20, metavar="N", help="--fleet: counters (default 20)")

@@ -80,6 +80,7 @@ class Trial:
     postcopy_s: float | None = None   # post-copy: restart on hostB -> every page there
     phases: str = ""   # cmigrate's report: seconds per phase ("dump=2.61 transfer=0.02 restore=0.63 ...")
     client_stall_s: float | None = None   # keepip*: the longest wait of the TCP echo client for an echo
+    link: str = ""   # hostB's link as shaped for the trial (bench --link: "1gbit", "100mbit,1ms"); "" unshaped
 
 
 def _ssh(host: str, *argv: str, check: bool = True, timeout: float = 600, input: bytes | None = None):
@@ -365,30 +366,43 @@ TRIALS = {"clone": trial_clone, "cold": trial_cold, "cmigrate": trial_cmigrate,
           "keepip-postcopy": trial_keepip_postcopy, "naive": trial_naive, "raw": trial_raw}
 
 
+Link = tuple[str, str | None] | None   # (rate, delay) for lab.shape_link; None: the lab's link as it is
+
+
+def link_name(link: Link) -> str:
+    return "" if link is None else link[0] + (f",{link[1]}" if link[1] else "")
+
+
 def run(sizes: list[int], dirty: list[float], repeats: int, out: Path, methods=MIGRATIONS, counter: bool = True,
-        say=print, procs: list[int] = (), link: tuple[str, str | None] | None = None,
-        db_sizes: list[int] = ()) -> list[Trial]:
-    """The trials, alternating methods; ``link``: (rate, delay) for hostB's link for the run (``lab.shape_link``),
-    the raw floor measured on it too."""
+        say=print, procs: list[int] = (), links: list[Link] = (None,), db_sizes: list[int] = (),
+        link_sizes: list[int] | None = None) -> list[Trial]:
+    """The trials, alternating methods, on each of ``links`` in turn: hostB's link shaped for them
+    (``lab.shape_link``; the raw floor is measured on it too) and put back after. ``link_sizes``: the memhog sizes
+    on shaped links (default ``sizes``): a gigabyte at 100 Mbit/s takes minutes per trial."""
     lab.up()
     out.mkdir(parents=True, exist_ok=True)
-    if link:
-        lab.shape_link("hostB", *link)
-        say(f"hostB's link shaped: {link[0]}" + (f", {link[1]} each way" if link[1] else ""))
-    try:
-        return _run(sizes, dirty, repeats, out, methods, counter, say, procs, db_sizes)
-    finally:
+    trials: list[Trial] = []
+    for link in links or (None,):
         if link:
-            lab.unshape_link("hostB")
+            lab.shape_link("hostB", *link)
+            say(f"hostB's link shaped: {link[0]}" + (f", {link[1]} each way" if link[1] else ""))
+        try:
+            _run(sizes if link is None or link_sizes is None else link_sizes, dirty, repeats, out, methods, counter,
+                 say, procs, db_sizes, link_name(link), trials)
+        finally:
+            if link:
+                lab.unshape_link("hostB")
+    (out / "summary.md").write_text(summary(trials))
+    plot(trials, out / "plot.png")
+    return trials
 
 
-def _run(sizes, dirty, repeats, out, methods, counter, say, procs, db_sizes=()) -> list[Trial]:
+def _run(sizes, dirty, repeats, out, methods, counter, say, procs, db_sizes, link: str, trials: list[Trial]) -> None:
     configs = ([("counter", 0, 0.0)] if counter else []) + [("db", mib, 0.0) for mib in db_sizes] + \
         [(kind, s, d) for s in sizes for d in dirty for kind in ("memhog", "memhog-text")] + \
         [(f"forest-{n}", 0, 0.0) for n in procs]
     if any(m in STARTS for m in methods):
         configs.append((WARM_WORKLOAD, 64, 0.0))
-    trials: list[Trial] = []
     for cfg in configs:
         for repeat in range(repeats):
             for method in methods:
@@ -402,15 +416,13 @@ def _run(sizes, dirty, repeats, out, methods, counter, say, procs, db_sizes=()) 
                 finally:
                     _cleanup(name)
                     _cleanup(f"{name}-src")
+                t.link = link
                 trials.append(t)
-                say(f"{cfg[0]:>7} {cfg[1]:>5} MiB {cfg[2]:>5g} MB/s {method:>15} #{repeat}: "
+                say(f"{link or 'lab link':>11} {cfg[0]:>7} {cfg[1]:>5} MiB {cfg[2]:>5g} MB/s {method:>15} #{repeat}: "
                     f"downtime {_fmt(t.downtime_s)} total {t.total_s:.3f}s wire {t.wire_bytes / 2**20:.1f} MiB"
                     f"{'' if t.client_stall_s is None else f' client stall {t.client_stall_s:.3f}s'}"
                     f"{'' if t.ok else ' FAILED ' + t.note}")
                 write_csv(trials, out / "results.csv")
-    (out / "summary.md").write_text(summary(trials))
-    plot(trials, out / "plot.png")
-    return trials
 
 
 def warm_memory(mib: int) -> None:
@@ -451,6 +463,17 @@ def _order(key: tuple) -> tuple:
 
 
 def summary(trials: list[Trial]) -> str:
+    """The tables, one set per link the trials ran on (``bench --link``), in the order they ran."""
+    links = list(dict.fromkeys(t.link for t in trials))
+    if links in ([], [""]):
+        return "# cmigrate benchmark\n\n" + _summary(trials)
+    return "# cmigrate benchmark\n" + "".join(
+        f"\n## hostB's link: {link or 'the lab link as it is (veth)'}\n\n" + _summary([t for t in trials
+                                                                                     if t.link == link])
+        for link in links)
+
+
+def _summary(trials: list[Trial]) -> str:
     keys = sorted({(t.workload, t.memory_mib, t.dirty_mbps) for t in trials}, key=_order)
     lines = ["| workload | MiB | dirty MB/s | method | runs ok | downtime median (min-max) s | total median (min-max) s "
              "| post-copy window s | TCP client's longest stall s | wire MiB | agents peak RSS MiB (src/dst) "
@@ -487,8 +510,7 @@ def summary(trials: list[Trial]) -> str:
         c, p, n, r = (med.get(m, (None, None)) for m in ("cmigrate", "postcopy", "naive", "raw"))
         ratios.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {div(c[0], n[0])} | {div(p[0], n[0])} | "
                       f"{div(p[0], c[0])} | {div(c[1], n[1])} | {div(c[1], r[1])} | {div(p[1], r[1])} |")
-    return "# cmigrate benchmark\n\n" + "\n".join(lines) + "\n" + "\n".join(ratios) + "\n" + _starts(trials) + \
-        _phase_table(trials, keys)
+    return "\n".join(lines) + "\n" + "\n".join(ratios) + "\n" + _starts(trials) + _phase_table(trials, keys)
 
 
 def _starts(trials: list[Trial]) -> str:
@@ -519,6 +541,8 @@ def _phase_table(trials: list[Trial], keys) -> str:
 
 
 def plot(trials: list[Trial], path: Path) -> None:
+    """Downtime and total against memory, per method, on the first link the trials ran on."""
+    trials = [t for t in trials if t.link == trials[0].link] if trials else trials
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

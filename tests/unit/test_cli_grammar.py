@@ -73,3 +73,11 @@ def test_a_file_that_is_no_checkpoint_is_refused_before_any_host_is_asked(tmp_pa
     assert res.returncode == 1 and "not a cmigrate checkpoint file" in res.stderr, res.stderr
     res = cli("checkpoint", "import", str(tmp_path / "missing.ckpt"))
     assert res.returncode == 1 and "cannot read" in res.stderr, res.stderr
+
+
+def test_bench_refuses_a_link_it_cannot_shape_before_touching_the_lab():
+    for argv, said in [(["bench", "--link", "fast"], "--link 'fast'"),
+                       (["bench", "--link", "100mbit,soon"], "--link '100mbit,soon'"),
+                       (["bench", "--db", "0"], "--db: sizes from 1")]:
+        res = cli(*argv)
+        assert res.returncode == 2 and said in res.stderr, (argv, res.stderr)
