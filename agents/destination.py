@@ -166,6 +166,7 @@ class DestinationMigration:
             reader.drain()
             raise TransportError(f"the transfer stream is corrupt: {exc}") from exc
         end = reader.drain()
+        ch.stream_read()   # verifying can take a while: the CLI reads our signs of life again
         if end.get("type") != "end":
             raise TransportError("the transfer was aborted by the sender")
         streams.verify(end.get("manifest") or {}, written)
@@ -555,6 +556,7 @@ def receive_image(args: dict, ch) -> dict:
             with dctx.stream_reader(reader, closefd=False) as z:
                 while chunk := z.read(streams.CHUNK):
                     yield chunk
+            ch.stream_read()   # all of it read; Docker's import may go on a while: the CLI reads our signs of life
 
         try:
             for _ in dk.api.load_image(chunks()):
@@ -564,6 +566,7 @@ def receive_image(args: dict, ch) -> dict:
         except Exception as exc:
             raise DockerError(f"docker load failed: {exc}") from exc
         end = reader.drain()
+        ch.stream_read()   # (again, where Docker failed before the end)
         if end.get("type") != "end":
             raise TransportError("the image stream was aborted")
         dk.client.images.get(args["image_id"])

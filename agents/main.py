@@ -43,14 +43,22 @@ class FdReader:
 class Channel:
     """What an operation may use to talk back: progress events, and the raw streams for data frames."""
 
-    def __init__(self, stdin, stdout, call_id: int | None = None, session=None) -> None:
+    def __init__(self, stdin, stdout, call_id: int | None = None, session=None, keepalive=None) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.call_id = call_id
         self.session = session   # agents/session.py: the migrations this session works on
+        self.keepalive = keepalive
 
     def emit(self, event: dict) -> None:
         framing.send(self.stdout, {"type": "progress"} | event | {"id": self.call_id})
+
+    def stream_read(self) -> None:
+        """The data the CLI relayed for this call has all been read: from here the call's signs of life are read
+        as they come, and are sent even if the call began without them (``keepalive=False``: they would have piled
+        up behind the stream)."""
+        if self.keepalive is not None:
+            self.keepalive.begin()
 
 
 Op = Callable[[dict, Channel], object]
@@ -91,12 +99,16 @@ class Keepalive:
 
     def __enter__(self) -> "Keepalive":
         if self.enabled:
-            self.thread.start()
+            self.begin()
         return self
+
+    def begin(self) -> None:
+        if not self.thread.is_alive() and not self.done.is_set():
+            self.thread.start()
 
     def __exit__(self, *exc) -> None:
         self.done.set()
-        if self.enabled:
+        if self.thread.is_alive():
             self.thread.join()
 
 
@@ -194,8 +206,8 @@ def _serve(stdin, stdout, host_name: str, loading: _Loading) -> int:
                                                else None))
             continue
         try:
-            with Keepalive(stdout, call_id, enabled=msg.get("keepalive", True) is not False):
-                value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id, session))
+            with Keepalive(stdout, call_id, enabled=msg.get("keepalive", True) is not False) as keepalive:
+                value = ops[msg["op"]](msg.get("args") or {}, Channel(stdin, stdout, call_id, session, keepalive))
             framing.send(stdout, {"type": "result", "id": call_id, "value": value})
         except Exception as exc:  # every failure goes back to the CLI as a typed error
             if isinstance(exc, MigrationError) and exc.host is None:

@@ -22,6 +22,7 @@ DEFAULT_AGENT = "cmigrate-agent"
 FINISH_TIMEOUT = 600.0
 DEFAULT_IO_TIMEOUT = 120.0   # a host that sends nothing for this long is gone (cmigrate --io-timeout)
 START_TIMEOUT = 5.0   # seconds an agent may take to answer its hello, whatever the I/O timeout
+TAIL_GRACE = 5.0   # seconds more, after a relayed stream, for the destination to read the tail still in flight
 KEEPALIVE = 0.25   # seconds between signs of life: the CLI's between calls, an agent's during a call
 PROTOCOL = 2   # agents/main.py speaks the same
 Progress = Callable[[dict], None]
@@ -296,14 +297,18 @@ class AgentSession:
             except Exception:  # the destination is gone already; the abort is a courtesy
                 pass
         watchdog.stop()
-        # the destination may now work a while with nothing to say (verify, docker load): allow it that time
+        # the destination reads the stream's tail still in flight (at most the channel's window), then sends its
+        # signs of life again while it verifies or loads (agents/main.py Channel.stream_read): a host that stays
+        # silent longer is gone (a cut link kept the CLI waiting for FINISH_TIMEOUT, ten minutes)
         limit = dest.timeout()
         if limit:
-            dest.set_timeout(max(limit, FINISH_TIMEOUT))
+            dest.set_timeout(limit + TAIL_GRACE)
         try:
             dest_result = dest.wait()
         except MigrationError as exc:
             raise (error or exc) from exc
+        finally:
+            dest.set_timeout(limit)
         if error is not None:
             raise error
         return result, dest_result

@@ -104,6 +104,9 @@ def test_a_target_cut_off_mid_evacuation_loses_nothing_and_runs_nothing_twice(fl
                            timeout=300)
         finally:
             subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+            # this test's own connection to hostC lived through the cut: TCP may wait out its backoff (tens of
+            # seconds) before it carries again; a new one answers at once
+            docks["hostC"].host.close()
         assert (tmp_path / "cut").exists(), "the cut never happened"
         report = json.loads(res.out)
         results = {o["container"]: o for o in report["outcomes"]}
