@@ -73,6 +73,24 @@ def test_tmpfs_and_dev_shm_files_arrive_intact(both):
     assert no_work_left()
 
 
+def test_an_empty_tmpfs_keeps_its_root_s_mode_owner_and_time(both):
+    """An empty tmpfs crosses without tar (CRIU patch 0004): its root must still come back as it was, here other
+    than its mount options say, and another, not empty, as before."""
+    a, b = both
+    name = a.run_detached("--tmpfs", "/scratch:mode=0700", "--tmpfs", "/full", "busybox", "sh", "-c",
+                          "chmod 0751 /scratch; chown 999:998 /scratch; touch -d '2021-02-03 04:05:06' /scratch; "
+                          "echo kept > /full/f; chmod 0705 /full; stat -c '%a %u %g %Y' /scratch /full; echo ready; "
+                          "sleep 1000")
+    before = a.wait_logs(name, lambda words: "ready" in words)[:-1]   # mode, uid, gid, mtime of each
+    assert before[:4] == ["751", "999", "998", "1612325106"] and before[4] == "705", before
+    res = cmigrate(name, "hostA", "hostB")
+    assert res.status == 0, res.err
+    after = b("exec", name, "stat", "-c", "%a %u %g %Y", "/scratch", "/full").out.split()
+    assert after == before, (before, after)
+    assert b("exec", name, "ls", "-A", "/scratch").out == "" and b("exec", name, "cat", "/full/f").out == "kept\n"
+    assert no_work_left()
+
+
 class Watch:
     """Samples ``docker inspect`` of a container on each host, in a thread, while a move runs: what a user polling
     both hosts would have seen."""
