@@ -256,7 +256,8 @@ class LazyDump:
         if self.proc.returncode != 0:
             raise criu_failure(TransportError, "the post-copy page transfer", self.log,
                                err or f"exit status {self.proc.returncode}")
-        return {"seconds": time.monotonic() - self.started, "page_bytes": self.stream.sent}
+        return {"seconds": time.monotonic() - self.started, "page_bytes": self.stream.sent,
+                "page_wire_bytes": self.stream.sent if self.stream.wire is None else self.stream.wire}
 
     def stop(self) -> None:
         if self.proc.poll() is None:

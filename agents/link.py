@@ -341,7 +341,7 @@ class CriuStream:
                  far_end_closes: bool = False) -> None:
         self.link, self.on_bytes, self.far_end_closes = conn, on_bytes, far_end_closes
         # in frames (transport/pagecodec.py) where the link's far end decodes them
-        self.compress = conn.framed_pages and not far_end_closes
+        self.compress = conn.framed_pages
         self.criu = criu or CriuSocket()
         self.sock: socket.socket = self.criu.sock
         self.sock.setblocking(True)
@@ -367,8 +367,9 @@ class CriuStream:
 
     def _out(self) -> None:
         try:
-            if self.compress:
-                encoder = pagecodec.PageEncoder(self.sock, self.link.proc.stdin.fileno(), self._count)
+            if self.compress:   # lazy pages: every answer is awaited, none waits for a chunk to fill
+                encoder = pagecodec.PageEncoder(self.sock, self.link.proc.stdin.fileno(), self._count,
+                                                coalesce=0.0 if self.far_end_closes else pagecodec.COALESCE)
                 try:
                     encoder.run()
                 finally:

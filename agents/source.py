@@ -100,7 +100,7 @@ class SourceMigration:
             self.links.pop(kind).close()
         self.links[kind] = link.Link(args["target"], args["socket"], args["token"],
                                      args.get("agent") or "cmigrate-agent", args.get("io_timeout"), args.get("pin"),
-                                     framed_pages=kind == "data" and bool(args.get("framed_pages")))
+                                     framed_pages=bool(args.get("framed_pages")))
         return {"connected": True}
 
     def _link(self, kind: str, missing: str) -> link.Link:

@@ -520,7 +520,8 @@ class _Migration:
             listen = self.dst.call("dest.listen", migration_id=self.id)
             if self.report.mode == "post-copy":   # a second link for CRIU's lazy page traffic
                 pages = self.dst.call("dest.listen", migration_id=self.id, kind="pages")
-                self.src.call("source.connect", **self._connect_args(pages, kind="pages"))
+                self.src.call("source.connect", framed_pages=self.page_compression == "auto",
+                              **self._connect_args(pages, kind="pages"))
         except MigrationError as exc:
             self._no_link(exc)
             return False
@@ -673,7 +674,7 @@ class _Migration:
             self.dst.set_timeout(self.io_timeout)
             done = self.src.wait(progress=lambda m: on_bytes(m.get("bytes", 0)))
         self.report.postcopy_seconds = time.monotonic() - t
-        self.report.wire_bytes += done.get("page_bytes", 0)
+        self.report.wire_bytes += done.get("page_wire_bytes", done.get("page_bytes", 0))
         self.report.raw_bytes += done.get("page_bytes", 0)
         self.phase("pages", t)
 

@@ -47,8 +47,6 @@ PENDING = 2 * WORKERS   # chunks read ahead of the link at most (memory: PENDING
 MAX_FRAME = CHUNK + (CHUNK >> 4) + 1024
 HEADER = struct.Struct(">cI")
 RAW, ZSTD, END = b"R", b"Z", b"E"
-
-
 SO_SNDBUFFORCE = 32   # root may go past net.core.wmem_max (not in Python's socket module)
 DEEP = 8 << 20
 
@@ -123,7 +121,7 @@ class Gate:
     LINK_BOUND = 0.5
     WARM = 4 << 20
 
-    def __init__(self, workers: int = 0) -> None:   # workers: kept for callers; the measurement includes them
+    def __init__(self) -> None:
         self.history: dict[bool, list[float]] = {True: [], False: []}
         self.compressing = True
         self.segment = 0            # index of the current segment; 0 until the link's buffers are full
@@ -215,13 +213,16 @@ class PageEncoder:
     in the kernel (splice: no copy through this process) unless compression is being tried."""
 
     def __init__(self, src: socket.socket, out: int, on_bytes=None, workers: int = WORKERS,
-                 gate: Gate | None = None) -> None:
+                 gate: Gate | None = None, coalesce: float = COALESCE) -> None:
+        """``coalesce``: how long a chunk waits for more of CRIU's writes at a pause; 0 where every answer is
+        awaited (post-copy's lazy pages: a page fault must not wait for a chunk to fill)."""
         self.src, self.out, self.on_bytes = src, out, on_bytes
+        self.coalesce = coalesce
         self.raw = self.wire = 0
         self.compressed_chunks = self.raw_chunks = 0
         self.tried_bytes = 0   # read into this process and given to zstd
         self.choice = Choice()
-        self.gate = gate or Gate(workers)
+        self.gate = gate or Gate()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pages-zstd")
 
@@ -279,7 +280,7 @@ class PageEncoder:
     def _gather(self, available: int) -> int:
         """How much to splice as one raw frame: up to CHUNK, what CRIU writes within ``COALESCE`` of each pause
         included (a frame per read would be a few KiB, each with its header and two system calls)."""
-        while available < CHUNK and select.select([self.src], [], [], COALESCE)[0]:
+        while available < CHUNK and select.select([self.src], [], [], self.coalesce)[0]:
             more = self._available()
             if more == available:   # readable, nothing more: CRIU closed its end
                 break
@@ -295,7 +296,7 @@ class PageEncoder:
             try:
                 n = self.src.recv_into(view[got:], CHUNK - got, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                if select.select([self.src], [], [], COALESCE)[0]:
+                if select.select([self.src], [], [], self.coalesce)[0]:
                     continue
                 break   # CRIU paused: it may wait for an answer to what it wrote
             if n == 0:

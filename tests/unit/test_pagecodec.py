@@ -25,7 +25,7 @@ class SlowLink(pagecodec.Gate):
     """A link slower than any compressor: compression always pays (what a 1 Gbit/s link is to zstd)."""
 
     def __init__(self) -> None:
-        super().__init__(1)
+        super().__init__()
 
     def pays(self) -> bool:
         return True
