@@ -92,6 +92,21 @@ class Pair:
             sock.close()
         os.close(self.pipe_r)
 
+    def carry(self, data: bytes, piece: int) -> bytes:
+        """``data`` written by CRIU ``piece`` bytes at a time, then its end: what the page server got (the
+        encoder and the decoder ended without an error)."""
+        got = bytearray()
+        reader = _received(self.server, got)
+        self.start()
+        for at in range(0, len(data), piece):
+            self.criu.sendall(data[at:at + piece])
+        self.criu.close()   # CRIU is done
+        self.encoding.join(10)
+        self.decoding.join(10)
+        reader.join(10)
+        assert self.enc_error is None and self.dec_error is None
+        return bytes(got)
+
 
 def _received(sock: socket.socket, out: bytearray) -> threading.Thread:
     def read():
@@ -108,17 +123,7 @@ def test_pages_arrive_byte_for_byte_and_text_takes_fewer_bytes(kind):
     data = {"text": lambda: _text(size), "random": lambda: os.urandom(size),
             "mixed": lambda: b"".join(_text(1 << 20, i) + os.urandom(1 << 20) for i in range(6))}[kind]()
     p = Pair(tail=b"FILES-FOLLOW")
-    got = bytearray()
-    reader = _received(p.server, got)
-    p.start()
-    for at in range(0, size, 32 << 10):   # as CRIU writes: an iov's pages at a time, not all at once
-        p.criu.sendall(data[at:at + (32 << 10)])
-    p.criu.close()   # CRIU is done
-    p.encoding.join(10)
-    p.decoding.join(10)
-    reader.join(10)
-    assert p.enc_error is None and p.dec_error is None
-    assert bytes(got) == data
+    assert p.carry(data, 32 << 10) == data   # as CRIU writes: an iov's pages at a time, not all at once
     assert p.after == b"FILES-FOLLOW", "the decoder read past the end frame"
     assert p.encoder.raw == size
     if kind == "text":
@@ -140,17 +145,7 @@ def test_random_memory_is_tried_in_few_chunks_then_probed_one_chunk_at_a_time():
     size = 40 << 20
     data = os.urandom(size)
     p = Pair()
-    got = bytearray()
-    reader = _received(p.server, got)
-    p.start()
-    for at in range(0, size, 256 << 10):
-        p.criu.sendall(data[at:at + (256 << 10)])
-    p.criu.close()
-    p.encoding.join(10)
-    p.decoding.join(10)
-    reader.join(10)
-    assert p.enc_error is None and p.dec_error is None
-    assert bytes(got) == data
+    assert p.carry(data, 256 << 10) == data
     probes = size // (pagecodec.PROBE * pagecodec.CHUNK)
     assert p.encoder.tried_bytes <= (pagecodec.GIVE_UP + probes) * pagecodec.CHUNK, p.encoder.tried_bytes >> 20
     p.close()
@@ -287,15 +282,6 @@ def test_a_link_that_holds_up_compressed_pages_is_never_tried_raw():
 def test_on_a_fast_link_text_pages_cross_raw_and_intact():
     data = _text(6 << 20)
     p = Pair(gate=FastLink())
-    got = bytearray()
-    reader = _received(p.server, got)
-    p.start()
-    p.criu.sendall(data)
-    p.criu.close()
-    p.encoding.join(10)
-    p.decoding.join(10)
-    reader.join(10)
-    assert p.enc_error is None and p.dec_error is None
-    assert bytes(got) == data
+    assert p.carry(data, len(data)) == data
     assert p.encoder.compressed_chunks == 0 and p.encoder.wire >= len(data)
     p.close()
