@@ -183,8 +183,9 @@ class SourceMigration:
             _save_layer(upper, work, cid)
             # freeze_after: what this call did before it froze the container (checks, journal), not downtime
             result = {"frozen_at": t0, "freeze_after": freeze_after, "dump_seconds": t_dumped - t0,
-                      "layer_seconds": time.time() - t_dumped, "images_bytes": dir_size(work / CHECKPOINT), "restart_policy": policy,
-                      "frozen": bool(runc_root), "page_bytes": page_bytes, "page_wire_bytes": page_wire}
+                      "layer_seconds": time.time() - t_dumped, "images_bytes": dir_size(work / CHECKPOINT),
+                      "restart_policy": policy, "frozen": bool(runc_root), "page_bytes": page_bytes,
+                      "page_wire_bytes": page_wire}
         finally:
             dk.close()
         if args.get("send") is not None:   # straight on over the direct link, no round trip to the CLI

@@ -165,10 +165,7 @@ class Gate:
         if self.segment > 0 or self._sent >= self.WARM:   # before, the buffers filling: not a measure of anything
             self.segment += 1
         self._bytes, self._t0, self._waited = 0, now, 0.0
-        was = self.compressing
         self._decide()
-        with open("/tmp/gate.log", "a") as f:
-            f.write(f"seg {self.segment} was {was} last {self.history[was][-1]/1e6 if self.history[was] else 0:.0f} med {{{', '.join(f'{k}: {(self.rate(k) or 0)/1e6:.0f}' for k in (True, False))}}} linkbound {self._link_bound} settling {self.settling} probing {self.probing} -> {self.compressing}\n")
 
     def _decide(self) -> None:
         if self.settling:   # the switch has settled: measure the next segment
@@ -261,8 +258,6 @@ class PageEncoder:
             while pending:
                 self._write(*pending.popleft())
             self._send(HEADER.pack(END, 0))
-            with open("/tmp/enc.log", "a") as f:
-                f.write(f"raw {self.raw>>20} wire {self.wire>>20} z{self.compressed_chunks} r{self.raw_chunks} tried {self.tried_bytes>>20}\n")
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
