@@ -14,7 +14,8 @@ def test_smallest_benchmark_writes_csv_summary_and_plot(the_lab, tmp_path):
     assert list(rows[0]) == [
         "workload", "memory_mib", "dirty_mbps", "method", "repeat", "downtime_s", "reported_downtime_s", "total_s",
         "wire_bytes", "cli_peak_rss_kib", "src_agent_peak_rss_kib", "dst_agent_peak_rss_kib", "ok", "note",
-        "postcopy_s", "phases", "client_stall_s"]
+        "postcopy_s", "phases", "client_stall_s", "link"]
+    assert {r["link"] for r in rows} == {""}   # the lab's link as it is
     assert {(r["workload"], r["method"]) for r in rows} == {
         (w, m) for w in ("counter", "memhog", "memhog-text") for m in bench.MIGRATIONS}
     assert set(bench.METHODS) >= {"cmigrate", "postcopy", "keepip", "keepip-postcopy", "naive", "raw"}
